@@ -1,0 +1,127 @@
+"""Daemon configuration: frozen dataclasses loaded from TOML plus CLI flags.
+
+Validated once when loaded; everything downstream trusts it. The TOML file
+has optional tables mirroring the dataclasses:
+
+    listen = "127.0.0.1:50051"
+    data_dir = "/var/lib/layercache"
+
+    [store]
+    compression_level = 1          # zstd level; 0 stores chunks raw
+    max_blob_size = 1099511627776  # bytes; advertised through Capabilities
+    index_map_size = 68719476736   # LMDB map size (virtual; grows the file lazily)
+    max_pack_bytes = 1073741824    # a pack file is closed once it reaches this
+
+    [server]
+    max_message_bytes = 67108864   # gRPC send/receive limit (FindMissing of 100k digests fits)
+    workers = 64                   # gRPC handler threads
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "layercache"
+
+
+class ConfigError(ValueError):
+    """The configuration file or a flag holds an unusable value."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    compression_level: int = 1
+    max_blob_size: int = 1 << 40
+    index_map_size: int = 64 << 30
+    max_pack_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if not -5 <= self.compression_level <= 19:
+            raise ConfigError("store.compression_level must be between -5 and 19")
+        for name in ("max_blob_size", "index_map_size", "max_pack_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"store.{name} must be positive")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = DEFAULT_LISTEN
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE
+    workers: int = 64
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"listen address {self.listen!r} is not HOST:PORT")
+        if self.max_message_bytes < 1024 * 1024:
+            raise ConfigError("server.max_message_bytes must be at least 1 MiB")
+        if self.workers < 2:
+            raise ConfigError("server.workers must be at least 2")
+
+
+@dataclass(frozen=True)
+class Config:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+
+def load(path: Path | None = None, *, listen: str | None = None, data_dir: Path | None = None) -> Config:
+    """Reads the TOML file (if any), then applies flags, which win."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    store_raw = dict(_table(raw, "store"))
+    server_raw = dict(_table(raw, "server"))
+    if "data_dir" in raw:
+        store_raw["data_dir"] = raw.pop("data_dir")
+    if "listen" in raw:
+        server_raw["listen"] = raw.pop("listen")
+    unknown = set(raw) - {"store", "server"}
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+    store = _build(StoreConfig, store_raw, "store")
+    server = _build(ServerConfig, server_raw, "server")
+    if data_dir is not None:
+        store = replace(store, data_dir=Path(data_dir))
+    if listen is not None:
+        server = replace(server, listen=listen)
+    return Config(store=store, server=server)
+
+
+def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown keys in [{section}]: {', '.join(sorted(unknown))}")
+    converted = {}
+    for name, value in values.items():
+        expected = known[name].type
+        if expected == "Path":
+            value = Path(os.path.expanduser(str(value)))
+        elif expected == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"{section}.{name} must be an integer")
+        elif expected == "str" and not isinstance(value, str):
+            raise ConfigError(f"{section}.{name} must be a string")
+        converted[name] = value
+    return cls(**converted)

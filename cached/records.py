@@ -1,0 +1,170 @@
+"""The instruction cache: namespace/key -> layer descriptors, looked up as a chain.
+
+A builder asks about a whole chain of step keys at once and gets back the
+longest prefix of hits. An entry is only a hit while every blob it names is
+present, so a blob that was dropped (damaged, evicted) turns the entry into a
+miss instead of handing out a descriptor nobody can read. Entries are stored
+as JSON because their metadata is free-form text chosen by builders.
+
+Every Record also indexes blob -> entry (blob_refs), so whoever removes a blob
+can find and drop the entries that named it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import lmdb
+
+from cached.digest import Digest
+from cached.errors import ContentMismatch, InvalidArgument, MissingBlobs
+from cached.model import CacheEntry, Descriptor, LookupResult
+from cached.names import MAX_CHAIN, MAX_LAYERS, check_key, check_metadata, check_namespace
+from cached.store import BlobStore, now_ms
+
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 10_000
+
+
+def entry_key(namespace: str, key: str) -> bytes:
+    return namespace.encode() + b"\0" + key.encode()
+
+
+class InstructionCache:
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self.index = store.index
+
+    def record(
+        self, namespace: str, key: str, layers: list[Descriptor], metadata: dict[str, str]
+    ) -> CacheEntry:
+        check_namespace(namespace)
+        check_key(key)
+        metadata = check_metadata(metadata)
+        if len(layers) > MAX_LAYERS:
+            raise InvalidArgument(f"a record may name at most {MAX_LAYERS} layers")
+        entry = CacheEntry(namespace, key, tuple(layers), metadata, now_ms())
+        ekey = entry_key(namespace, key)
+        with self.index.write() as txn:
+            self._check_layers(txn, layers)
+            previous = txn.get(ekey, db=self.index.db["records"])
+            if previous is not None:
+                self._unlink(txn, ekey, _decode(namespace, key, previous))
+            else:
+                self.index.add(txn, "records", 1)
+                self.index.add(txn, "records:" + namespace, 1)
+            txn.put(ekey, _encode(entry), db=self.index.db["records"])
+            for layer in dict.fromkeys(d.digest for d in layers):
+                if not layer.is_empty_blob:
+                    txn.put(layer.key, ekey, db=self.index.db["blob_refs"], dupdata=False)
+        return entry
+
+    def _check_layers(self, txn: lmdb.Transaction, layers: list[Descriptor]) -> None:
+        blobs = self.index.db["blobs"]
+        missing = []
+        for layer in layers:
+            if layer.digest.is_empty_blob:
+                if layer.size != 0:
+                    raise ContentMismatch(f"{layer.digest} is the empty blob, but size {layer.size} was given")
+                continue
+            raw = txn.get(layer.digest.key, db=blobs)
+            if raw is None:
+                missing.append(layer.digest)
+                continue
+            size = int.from_bytes(raw[:8], "little")
+            if size != layer.size:
+                raise ContentMismatch(f"{layer.digest} is {size} bytes, but the record says {layer.size}")
+        if missing:
+            raise MissingBlobs(missing)
+
+    def _unlink(self, txn: lmdb.Transaction, ekey: bytes, entry: CacheEntry) -> None:
+        for layer in entry.layers:
+            txn.delete(layer.digest.key, ekey, db=self.index.db["blob_refs"])
+
+    def drop_entries_of(self, txn: lmdb.Transaction, blob: Digest) -> int:
+        """Deletes every entry naming `blob` (inside the caller's transaction)."""
+        refs = self.index.db["blob_refs"]
+        cursor = txn.cursor(db=refs)
+        ekeys = list(cursor.iternext_dup(keys=False)) if cursor.set_key(blob.key) else []
+        for ekey in ekeys:
+            raw = txn.get(ekey, db=self.index.db["records"])
+            if raw is None:
+                continue
+            namespace, _, key = ekey.partition(b"\0")
+            self._unlink(txn, ekey, _decode(namespace.decode(), key.decode(), raw))
+            txn.delete(ekey, db=self.index.db["records"])
+            self.index.add(txn, "records", -1)
+            self.index.add(txn, "records:" + namespace.decode(), -1)
+        return len(ekeys)
+
+    def lookup(self, namespace: str, keys: list[str]) -> LookupResult:
+        check_namespace(namespace)
+        if not keys:
+            raise InvalidArgument("a lookup needs at least one key")
+        if len(keys) > MAX_CHAIN:
+            raise InvalidArgument(f"a lookup chain may hold at most {MAX_CHAIN} keys")
+        for key in keys:
+            check_key(key)
+        hits: list[CacheEntry] = []
+        reason, missing = "none", []
+        with self.index.read() as txn:
+            blobs = txn.cursor(db=self.index.db["blobs"])
+            for key in keys:
+                raw = txn.get(entry_key(namespace, key), db=self.index.db["records"])
+                if raw is None:
+                    reason = "not_recorded"
+                    break
+                entry = _decode(namespace, key, raw)
+                missing = [
+                    d.digest for d in entry.layers if not d.digest.is_empty_blob and not blobs.set_key(d.digest.key)
+                ]
+                if missing:
+                    reason = "blob_missing"
+                    break
+                hits.append(entry)
+        self.store.traffic.add_lookup(namespace, len(hits), reason != "none")
+        self.store.touch(d.digest for entry in hits for d in entry.layers)
+        return LookupResult(hits, reason, missing)
+
+    def list_entries(self, namespace: str, metadata_equals: dict[str, str], limit: int) -> list[CacheEntry]:
+        check_namespace(namespace)
+        if not 0 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidArgument(f"limit must be within [0, {MAX_LIST_LIMIT}]")
+        wanted = metadata_equals.items()
+        with self.index.read() as txn:
+            matches = [
+                entry
+                for entry in self._scan(txn, namespace)
+                if all(entry.metadata.get(k) == v for k, v in wanted)
+            ]
+        matches.sort(key=lambda e: (e.created_ms, e.key), reverse=True)
+        return matches[: limit or DEFAULT_LIST_LIMIT]
+
+    def _scan(self, txn: lmdb.Transaction, namespace: str) -> Iterator[CacheEntry]:
+        prefix = namespace.encode() + b"\0"
+        cursor = txn.cursor(db=self.index.db["records"])
+        if not cursor.set_range(prefix):
+            return
+        for ekey, raw in cursor:
+            if not ekey.startswith(prefix):
+                return
+            yield _decode(namespace, ekey[len(prefix) :].decode(), raw)
+
+
+def _encode(entry: CacheEntry) -> bytes:
+    return json.dumps(
+        {
+            "layers": [[str(d.digest), d.size, d.media_type] for d in entry.layers],
+            "metadata": entry.metadata,
+            "created_ms": entry.created_ms,
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    ).encode()
+
+
+def _decode(namespace: str, key: str, raw: bytes) -> CacheEntry:
+    value = json.loads(raw)
+    layers = tuple(Descriptor(Digest.parse(d), size, media) for d, size, media in value["layers"])
+    return CacheEntry(namespace, key, layers, value["metadata"], value["created_ms"])

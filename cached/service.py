@@ -1,0 +1,229 @@
+"""gRPC servicers: translate between layercache.v1 messages and the store.
+
+No logic lives here beyond parsing requests into value types (digests are
+validated here, once) and building responses. Errors are mapped to status
+codes by one decorator using the table in cached/status.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from cached.digest import ALGORITHMS, Digest
+from cached.errors import InvalidArgument, LayercacheError
+from cached.model import BlobInfo, CacheEntry, Descriptor
+from cached.records import InstructionCache
+from cached.status import grpc_status
+from cached.store import BlobStore
+from client.proto import layercache_pb2 as pb
+from client.proto import layercache_pb2_grpc as pb_grpc
+
+# Reads are sent in messages of about this size: grpcio moves 1 MiB messages
+# about twice as fast as 64 KiB ones.
+READ_MESSAGE_BYTES = 1 << 20
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _abort(context: grpc.ServicerContext, exc: LayercacheError) -> None:
+    context.abort(grpc_status(exc), str(exc))
+
+
+def rpc(method: F) -> F:
+    """Maps our exceptions to gRPC status for unary and streaming handlers."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from method(self, request, context)
+            except LayercacheError as exc:
+                _abort(context, exc)
+
+        return streaming  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except LayercacheError as exc:
+            _abort(context, exc)
+
+    return unary  # type: ignore[return-value]
+
+
+def descriptor_to_pb(descriptor: Descriptor) -> pb.Descriptor:
+    return pb.Descriptor(digest=str(descriptor.digest), size=descriptor.size, media_type=descriptor.media_type)
+
+
+def descriptor_from_pb(message: pb.Descriptor) -> Descriptor:
+    if message.size < 0:
+        raise InvalidArgument(f"descriptor {message.digest}: size must not be negative")
+    return Descriptor(Digest.parse(message.digest), message.size, message.media_type or "application/octet-stream")
+
+
+def blob_info_to_pb(info: BlobInfo) -> pb.BlobInfo:
+    return pb.BlobInfo(
+        descriptor=descriptor_to_pb(info.descriptor),
+        created_unix_ms=info.created_ms,
+        last_access_unix_ms=info.last_access_ms,
+        chunks=info.chunks,
+    )
+
+
+def entry_to_pb(entry: CacheEntry) -> pb.CacheEntry:
+    return pb.CacheEntry(
+        namespace=entry.namespace,
+        key=entry.key,
+        layers=[descriptor_to_pb(d) for d in entry.layers],
+        metadata=entry.metadata,
+        created_unix_ms=entry.created_ms,
+    )
+
+
+class BlobsService(pb_grpc.BlobsServicer):
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+
+    @rpc
+    def FindMissing(self, request: pb.FindMissingRequest, context: grpc.ServicerContext) -> pb.FindMissingResponse:
+        digests = [Digest.parse(text) for text in request.digests]
+        return pb.FindMissingResponse(missing=[str(d) for d in self.store.find_missing(digests)])
+
+    @rpc
+    def Stat(self, request: pb.StatRequest, context: grpc.ServicerContext) -> pb.BlobInfo:
+        return blob_info_to_pb(self.store.stat(Digest.parse(request.digest)))
+
+    @rpc
+    def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> Iterator[pb.ReadResponse]:
+        pieces = self.store.read(Digest.parse(request.digest), request.offset, request.limit)
+        batch: list[bytes] = []
+        batched = 0
+        for piece in pieces:
+            batch.append(piece)
+            batched += len(piece)
+            if batched >= READ_MESSAGE_BYTES:
+                yield pb.ReadResponse(data=b"".join(batch))
+                batch.clear()
+                batched = 0
+        if batch:
+            yield pb.ReadResponse(data=b"".join(batch))
+
+    @rpc
+    def Write(self, request_iterator: Iterator[pb.WriteRequest], context: grpc.ServicerContext) -> pb.WriteResponse:
+        requests = iter(request_iterator)
+        first = next(requests, None)
+        if first is None or not first.HasField("header"):
+            raise InvalidArgument("the first Write message must carry a header")
+        header = first.header
+        digest = Digest.parse(header.digest)
+        media_type = header.media_type or "application/octet-stream"
+        if not self.store.find_missing([digest]):
+            info = self.store.stat(digest)
+            if info.descriptor.size != header.size:
+                raise InvalidArgument(f"{digest} is {info.descriptor.size} bytes, not {header.size}")
+            # Cut the upload short: the bytes are already here.
+            return pb.WriteResponse(descriptor=descriptor_to_pb(info.descriptor), already_existed=True)
+        with self.store.open_write(digest, header.size, media_type, header.namespace) as writer:
+            if first.data:
+                writer.write(first.data)
+            for request in requests:
+                if request.HasField("header"):
+                    raise InvalidArgument("only the first Write message may carry a header")
+                writer.write(request.data)
+            if not context.is_active():
+                raise InvalidArgument("the client went away before finishing the upload")
+            result = writer.commit()
+        return pb.WriteResponse(descriptor=descriptor_to_pb(result.info.descriptor), already_existed=result.already_existed)
+
+
+class InstructionCacheService(pb_grpc.InstructionCacheServicer):
+    def __init__(self, cache: InstructionCache) -> None:
+        self.cache = cache
+
+    @rpc
+    def Record(self, request: pb.RecordRequest, context: grpc.ServicerContext) -> pb.RecordResponse:
+        layers = [descriptor_from_pb(d) for d in request.layers]
+        entry = self.cache.record(request.namespace, request.key, layers, dict(request.metadata))
+        return pb.RecordResponse(entry=entry_to_pb(entry))
+
+    @rpc
+    def Lookup(self, request: pb.LookupRequest, context: grpc.ServicerContext) -> pb.LookupResponse:
+        result = self.cache.lookup(request.namespace, list(request.keys))
+        return pb.LookupResponse(
+            hits=[entry_to_pb(e) for e in result.hits],
+            miss_reason=_MISS_REASONS[result.miss_reason],
+            missing_digests=[str(d) for d in result.missing],
+        )
+
+    @rpc
+    def ListEntries(self, request: pb.ListEntriesRequest, context: grpc.ServicerContext) -> pb.ListEntriesResponse:
+        entries = self.cache.list_entries(request.namespace, dict(request.metadata_equals), request.limit)
+        return pb.ListEntriesResponse(entries=[entry_to_pb(e) for e in entries])
+
+
+_MISS_REASONS = {
+    "none": pb.MISS_REASON_NONE,
+    "not_recorded": pb.MISS_REASON_NOT_RECORDED,
+    "blob_missing": pb.MISS_REASON_BLOB_MISSING,
+}
+
+
+class AdminService(pb_grpc.AdminServicer):
+    def __init__(self, store: BlobStore, max_message_bytes: int) -> None:
+        self.store = store
+        self.max_message_bytes = max_message_bytes
+        self.started = time.monotonic()
+
+    @rpc
+    def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
+        stats = self.store.stats()
+        return pb.StatsResponse(
+            blobs=stats.blobs,
+            chunks=stats.chunks,
+            logical_bytes=stats.logical_bytes,
+            stored_bytes=stats.stored_bytes,
+            dedup_ratio=stats.dedup_ratio,
+            records=stats.records,
+            lookups=stats.lookups,
+            hits=stats.hits,
+            misses=stats.misses,
+            bytes_in=stats.bytes_in,
+            bytes_out=stats.bytes_out,
+            uptime_seconds=time.monotonic() - self.started,
+            pack_bytes=stats.pack_bytes,
+            namespaces=[
+                pb.NamespaceStats(namespace=n.namespace, records=n.records, lookups=n.lookups, hits=n.hits, misses=n.misses)
+                for n in stats.namespaces
+            ],
+            evictions=stats.evictions,
+            max_bytes=stats.max_bytes,
+        )
+
+    @rpc
+    def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> pb.VerifyResponse:
+        report = self.store.verify(request.sample_fraction)
+        return pb.VerifyResponse(
+            blobs_checked=report.blobs_checked,
+            chunks_checked=report.chunks_checked,
+            bytes_checked=report.bytes_checked,
+            problems=[pb.VerifyProblem(digest=p.digest, description=p.description) for p in report.problems],
+        )
+
+    @rpc
+    def Capabilities(self, request: pb.CapabilitiesRequest, context: grpc.ServicerContext) -> pb.CapabilitiesResponse:
+        params = self.store.chunk_params
+        return pb.CapabilitiesResponse(
+            digest_algorithms=list(ALGORITHMS),
+            max_blob_size=self.store.config.max_blob_size,
+            max_message_bytes=self.max_message_bytes,
+            chunk_min_size=params.min_size,
+            chunk_avg_size=params.avg_size,
+            chunk_max_size=params.max_size,
+        )

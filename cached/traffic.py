@@ -1,0 +1,66 @@
+"""In-memory traffic counters (bytes, lookups, hits, misses per namespace).
+
+They change on every request, so they are not written to LMDB per request:
+a synced LMDB commit costs milliseconds. The store persists a snapshot every
+few seconds and on shutdown; a crash loses at most that window of counts,
+never data.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+
+from cached.model import NamespaceTraffic
+
+_FIELDS = ("lookups", "hits", "misses")
+
+
+class Traffic:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._namespaces: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_FIELDS, 0))
+
+    def add_bytes(self, incoming: int = 0, outgoing: int = 0) -> None:
+        with self._lock:
+            self.bytes_in += incoming
+            self.bytes_out += outgoing
+
+    def add_lookup(self, namespace: str, hits: int, missed: bool) -> None:
+        with self._lock:
+            counts = self._namespaces[namespace]
+            counts["lookups"] += hits + int(missed)
+            counts["hits"] += hits
+            counts["misses"] += int(missed)
+
+    def totals(self) -> dict[str, int]:
+        with self._lock:
+            result = {name: sum(c[name] for c in self._namespaces.values()) for name in _FIELDS}
+            result.update(bytes_in=self.bytes_in, bytes_out=self.bytes_out)
+            return result
+
+    def namespaces(self, records: dict[str, int]) -> list[NamespaceTraffic]:
+        with self._lock:
+            names = sorted(set(self._namespaces) | set(records))
+            return [
+                NamespaceTraffic(name, records.get(name, 0), **self._namespaces.get(name, dict.fromkeys(_FIELDS, 0)))
+                for name in names
+            ]
+
+    def dump(self) -> bytes:
+        with self._lock:
+            return json.dumps(
+                {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "namespaces": self._namespaces},
+                sort_keys=True,
+            ).encode()
+
+    def load(self, raw: bytes) -> None:
+        state = json.loads(raw)
+        with self._lock:
+            self.bytes_in = int(state["bytes_in"])
+            self.bytes_out = int(state["bytes_out"])
+            for name, counts in state["namespaces"].items():
+                self._namespaces[name].update({k: int(counts[k]) for k in _FIELDS})

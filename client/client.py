@@ -1,0 +1,318 @@
+"""The layercache client library: blobs, the instruction cache and admin calls.
+
+    with Client("127.0.0.1:50051") as cache:
+        layer = cache.put("layer.tar", media_type="application/vnd.oci.image.layer.v1.tar")
+        cache.record("myorg/app", step_key, [layer], {"instruction": "COPY . /app"})
+        result = cache.lookup("myorg/app", [key1, key2, key3])
+
+Uploads stream from files or streams in 1 MiB messages (the size at which
+grpcio moves data fastest); a stream whose digest is unknown is spooled to a
+temporary file first, because the daemon needs the digest up front. Downloads
+are hashed as they arrive and a mismatch raises DataLossError; a download to a
+path goes to a temporary file that is renamed only when complete and correct.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import grpc
+
+from client.errors import DataLossError, InvalidArgumentError, translate
+from client.proto import layercache_pb2 as pb
+from client.proto import layercache_pb2_grpc as pb_grpc
+from client.types import (
+    DEFAULT_MEDIA_TYPE,
+    BlobInfo,
+    CacheEntry,
+    Descriptor,
+    LookupResult,
+    NamespaceStats,
+    Stats,
+    VerifyProblem,
+    VerifyReport,
+)
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+MESSAGE_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+Progress = Callable[[int, int], None]  # (bytes done, total bytes)
+Source = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
+_MISS_REASONS = {
+    pb.MISS_REASON_NONE: "none",
+    pb.MISS_REASON_NOT_RECORDED: "not_recorded",
+    pb.MISS_REASON_BLOB_MISSING: "blob_missing",
+}
+
+
+def default_server() -> str:
+    return os.environ.get("LAYERCACHE_SERVER") or DEFAULT_SERVER
+
+
+class Client:
+    def __init__(self, server: str | None = None, *, timeout: float | None = None) -> None:
+        self.server = server or default_server()
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            self.server,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._blobs = pb_grpc.BlobsStub(self._channel)
+        self._cache = pb_grpc.InstructionCacheStub(self._channel)
+        self._admin = pb_grpc.AdminStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # ------------------------------------------------------------------ blobs
+
+    def put(
+        self,
+        source: Source,
+        media_type: str = DEFAULT_MEDIA_TYPE,
+        namespace: str = "",
+        *,
+        progress: Progress | None = None,
+    ) -> Descriptor:
+        """Uploads bytes, a file (by path) or a binary stream; returns its descriptor."""
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            return self._upload(digest, len(data), media_type, namespace, _slices(data), progress)
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as stream:
+                return self._put_seekable(stream, media_type, namespace, progress)
+        if _seekable(source):
+            return self._put_seekable(source, media_type, namespace, progress)
+        with tempfile.TemporaryFile() as spool:
+            _copy(source, spool)
+            spool.seek(0)
+            return self._put_seekable(spool, media_type, namespace, progress)
+
+    def _put_seekable(self, stream: BinaryIO, media_type: str, namespace: str, progress: Progress | None) -> Descriptor:
+        start = stream.tell()
+        hasher = hashlib.sha256()
+        size = 0
+        for block in _blocks(stream):
+            hasher.update(block)
+            size += len(block)
+        stream.seek(start)
+        return self._upload("sha256:" + hasher.hexdigest(), size, media_type, namespace, _blocks(stream), progress)
+
+    def _upload(
+        self,
+        digest: str,
+        size: int,
+        media_type: str,
+        namespace: str,
+        blocks: Iterator[bytes],
+        progress: Progress | None,
+    ) -> Descriptor:
+        header = pb.WriteHeader(digest=digest, size=size, media_type=media_type, namespace=namespace)
+
+        def requests() -> Iterator[pb.WriteRequest]:
+            yield pb.WriteRequest(header=header)
+            done = 0
+            for block in blocks:
+                yield pb.WriteRequest(data=block)
+                done += len(block)
+                if progress:
+                    progress(done, size)
+
+        with translate():
+            response = self._blobs.Write(requests(), timeout=self.timeout)
+        if progress:
+            progress(size, size)
+        return _descriptor(response.descriptor)
+
+    def get(
+        self,
+        digest: str,
+        dest: str | os.PathLike[str] | BinaryIO | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> bytes | None:
+        """Downloads a whole blob, verifying its digest. Returns the bytes when
+        no destination is given; otherwise writes to the path or stream."""
+        total = self.stat(digest).descriptor.size if progress else 0
+        if dest is None:
+            parts = list(self._verified(digest, total, progress))
+            return b"".join(parts)
+        if isinstance(dest, (str, os.PathLike)):
+            target = Path(dest)
+            fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    for part in self._verified(digest, total, progress):
+                        out.write(part)
+                os.replace(temp, target)
+            except BaseException:
+                os.unlink(temp)
+                raise
+            return None
+        for part in self._verified(digest, total, progress):
+            dest.write(part)
+        return None
+
+    def read(self, digest: str, offset: int = 0, limit: int = 0) -> Iterator[bytes]:
+        """Streams a byte range of a blob (no whole-blob digest check)."""
+        with translate():
+            for response in self._blobs.Read(
+                pb.ReadRequest(digest=digest, offset=offset, limit=limit), timeout=self.timeout
+            ):
+                yield response.data
+
+    def _verified(self, digest: str, total: int, progress: Progress | None) -> Iterator[bytes]:
+        algorithm, _, expected = digest.partition(":")
+        if algorithm == "sha256":
+            hasher = hashlib.sha256()
+        elif algorithm == "blake3":
+            import blake3  # only needed for blake3 blobs
+
+            hasher = blake3.blake3()
+        else:
+            raise InvalidArgumentError(f"unsupported digest algorithm in {digest!r}")
+        done = 0
+        for data in self.read(digest):
+            hasher.update(data)
+            done += len(data)
+            if progress:
+                progress(done, total)
+            yield data
+        if hasher.hexdigest() != expected:
+            raise DataLossError(f"downloaded bytes of {digest} hash to {algorithm}:{hasher.hexdigest()}")
+
+    def find_missing(self, digests: Iterable[str]) -> list[str]:
+        with translate():
+            response = self._blobs.FindMissing(pb.FindMissingRequest(digests=list(digests)), timeout=self.timeout)
+        return list(response.missing)
+
+    def stat(self, digest: str) -> BlobInfo:
+        with translate():
+            info = self._blobs.Stat(pb.StatRequest(digest=digest), timeout=self.timeout)
+        return BlobInfo(_descriptor(info.descriptor), info.created_unix_ms, info.last_access_unix_ms, info.chunks)
+
+    # ------------------------------------------------------------------ instruction cache
+
+    def record(
+        self,
+        namespace: str,
+        key: str,
+        layers: Iterable[Descriptor],
+        metadata: dict[str, str] | None = None,
+    ) -> CacheEntry:
+        request = pb.RecordRequest(
+            namespace=namespace,
+            key=key,
+            layers=[pb.Descriptor(digest=d.digest, size=d.size, media_type=d.media_type) for d in layers],
+            metadata=metadata or {},
+        )
+        with translate():
+            response = self._cache.Record(request, timeout=self.timeout)
+        return _entry(response.entry)
+
+    def lookup(self, namespace: str, keys: Iterable[str]) -> LookupResult:
+        with translate():
+            response = self._cache.Lookup(pb.LookupRequest(namespace=namespace, keys=list(keys)), timeout=self.timeout)
+        return LookupResult(
+            [_entry(e) for e in response.hits],
+            _MISS_REASONS.get(response.miss_reason, "unknown"),
+            list(response.missing_digests),
+        )
+
+    def list_entries(
+        self, namespace: str, metadata_equals: dict[str, str] | None = None, limit: int = 100
+    ) -> list[CacheEntry]:
+        request = pb.ListEntriesRequest(namespace=namespace, metadata_equals=metadata_equals or {}, limit=limit)
+        with translate():
+            response = self._cache.ListEntries(request, timeout=self.timeout)
+        return [_entry(e) for e in response.entries]
+
+    # ------------------------------------------------------------------ admin
+
+    def stats(self) -> Stats:
+        with translate():
+            r = self._admin.Stats(pb.StatsRequest(), timeout=self.timeout)
+        return Stats(
+            blobs=r.blobs,
+            chunks=r.chunks,
+            logical_bytes=r.logical_bytes,
+            stored_bytes=r.stored_bytes,
+            dedup_ratio=r.dedup_ratio,
+            records=r.records,
+            lookups=r.lookups,
+            hits=r.hits,
+            misses=r.misses,
+            bytes_in=r.bytes_in,
+            bytes_out=r.bytes_out,
+            uptime_seconds=r.uptime_seconds,
+            pack_bytes=r.pack_bytes,
+            evictions=r.evictions,
+            max_bytes=r.max_bytes,
+            namespaces=[NamespaceStats(n.namespace, n.records, n.lookups, n.hits, n.misses) for n in r.namespaces],
+        )
+
+    def verify(self, sample_fraction: float = 0.0) -> VerifyReport:
+        with translate():
+            r = self._admin.Verify(pb.VerifyRequest(sample_fraction=sample_fraction), timeout=self.timeout)
+        return VerifyReport(
+            r.blobs_checked,
+            r.chunks_checked,
+            r.bytes_checked,
+            [VerifyProblem(p.digest, p.description) for p in r.problems],
+        )
+
+    def capabilities(self) -> pb.CapabilitiesResponse:
+        with translate():
+            return self._admin.Capabilities(pb.CapabilitiesRequest(), timeout=self.timeout)
+
+
+def _descriptor(message: pb.Descriptor) -> Descriptor:
+    return Descriptor(message.digest, message.size, message.media_type)
+
+
+def _entry(message: pb.CacheEntry) -> CacheEntry:
+    return CacheEntry(
+        message.namespace,
+        message.key,
+        tuple(_descriptor(d) for d in message.layers),
+        dict(message.metadata),
+        message.created_unix_ms,
+    )
+
+
+def _slices(data: bytes) -> Iterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(data), MESSAGE_BYTES):
+        yield bytes(view[start : start + MESSAGE_BYTES])
+
+
+def _blocks(stream: BinaryIO) -> Iterator[bytes]:
+    while block := stream.read(MESSAGE_BYTES):
+        yield block
+
+
+def _copy(source: BinaryIO, dest: BinaryIO) -> None:
+    for block in _blocks(source):
+        dest.write(block)
+
+
+def _seekable(stream: BinaryIO) -> bool:
+    try:
+        return stream.seekable()
+    except (AttributeError, OSError):
+        return False
