@@ -124,13 +124,13 @@ class BlobsService(pb_grpc.BlobsServicer):
         header = first.header
         digest = Digest.parse(header.digest)
         media_type = header.media_type or "application/octet-stream"
-        if not self.store.find_missing([digest]):
-            info = self.store.stat(digest)
-            if info.descriptor.size != header.size:
-                raise InvalidArgument(f"{digest} is {info.descriptor.size} bytes, not {header.size}")
-            # Cut the upload short: the bytes are already here.
-            return pb.WriteResponse(descriptor=descriptor_to_pb(info.descriptor), already_existed=True)
         with self.store.open_write(digest, header.size, media_type, header.namespace) as writer:
+            if not self.store.find_missing([digest]):
+                info = self.store.stat(digest)
+                if info.descriptor.size != header.size:
+                    raise InvalidArgument(f"{digest} is {info.descriptor.size} bytes, not {header.size}")
+                # Cut the upload short: the bytes are already here.
+                return pb.WriteResponse(descriptor=descriptor_to_pb(info.descriptor), already_existed=True)
             if first.data:
                 writer.write(first.data)
             for request in requests:
