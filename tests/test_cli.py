@@ -1,0 +1,96 @@
+"""The `layercache` command against a real daemon: output and exit codes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, server: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "client.cli", *args]
+    if server:
+        command += ["--server", server]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_put_get_stat_record_lookup_stats_verify(daemon, tmp_path):
+    source = Path(os.__file__)
+    put = run("put", str(source), "--media-type", "text/x-python", server=daemon.address)
+    assert put.returncode == 0, put.stderr
+    digest = put.stdout.strip()
+    assert digest == "sha256:" + hashlib.sha256(source.read_bytes()).hexdigest()
+
+    out = tmp_path / "copy.py"
+    got = run("get", digest, "-o", str(out), server=daemon.address)
+    assert got.returncode == 0, got.stderr
+    assert out.read_bytes() == source.read_bytes()
+
+    stat = run("stat", digest, server=daemon.address)
+    assert json.loads(stat.stdout)["descriptor"] == {"digest": digest, "size": source.stat().st_size, "media_type": "text/x-python"}
+
+    recorded = run("record", "team/app", "step-1", digest, "--meta", "instruction=COPY os.py /", server=daemon.address)
+    assert recorded.returncode == 0, recorded.stderr
+
+    hit = run("lookup", "team/app", "step-1", server=daemon.address)
+    assert hit.returncode == 0 and hit.stdout.startswith(f"HIT  step-1 {digest}")
+    miss = run("lookup", "team/app", "step-1", "step-2", "step-3", server=daemon.address)
+    assert miss.returncode == 3
+    assert "MISS step-2 (not_recorded)" in miss.stdout and "step-3 (after a miss)" in miss.stdout
+
+    stats = json.loads(run("stats", "--json", server=daemon.address).stdout)
+    assert (stats["blobs"], stats["records"], stats["lookups"], stats["hits"], stats["misses"]) == (1, 1, 3, 2, 1)
+    human = run("stats", server=daemon.address)
+    assert "hit rate 66.7%" in human.stdout and "team/app: 1 records" in human.stdout
+
+    verify = run("verify", server=daemon.address)
+    assert verify.returncode == 0 and "checked 1 blobs" in verify.stdout
+
+
+def test_exit_codes_tell_failures_apart(daemon, tmp_path):
+    absent = "sha256:" + "0" * 64
+    bad = run("stat", "sha256:NOTHEX", server=daemon.address)
+    assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr and "invalid digest" in bad.stderr
+    missing = run("get", absent, "-o", str(tmp_path / "x"), server=daemon.address)
+    assert missing.returncode == 3 and "NOT_FOUND" in missing.stderr
+    assert not (tmp_path / "x").exists()
+    assert list(tmp_path.iterdir()) == [], "a failed download leaves no temporary file"
+    precondition = run("record", "ns", "k", absent, server=daemon.address)
+    assert precondition.returncode == 4 and absent in precondition.stderr
+    no_file = run("put", str(tmp_path / "nope"), server=daemon.address)
+    assert no_file.returncode == 1 and "No such file" in no_file.stderr
+
+
+def test_unreachable_server_and_env_default(tmp_path):
+    env = {**os.environ, "LAYERCACHE_SERVER": "127.0.0.1:1"}
+    down = run("stats", env=env)
+    assert down.returncode == 5 and "UNAVAILABLE" in down.stderr
+
+
+def test_serve_rejects_a_data_dir_in_use(daemon):
+    second = subprocess.run(
+        [sys.executable, "-m", "client.cli", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(daemon.data_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 2 and "in use by another layercache process" in second.stderr
+
+
+def test_serve_reports_bad_config(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('listen = "nowhere"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "client.cli", "serve", "--config", str(config), "--data-dir", str(tmp_path / "d")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "is not HOST:PORT" in result.stderr
