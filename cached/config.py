@@ -15,6 +15,11 @@ has optional tables mirroring the dataclasses:
     [server]
     max_message_bytes = 67108864   # gRPC send/receive limit (FindMissing of 100k digests fits)
     workers = 64                   # gRPC handler threads
+
+    [http]                         # the OCI Distribution endpoint
+    listen = "127.0.0.1:5000"      # HOST:PORT, or "off"
+    upload_expiry_seconds = 900    # an upload session idle this long is aborted, its space freed
+    max_manifest_bytes = 4194304   # larger manifests are refused with 413
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from typing import Any
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+DEFAULT_HTTP_LISTEN = "127.0.0.1:5000"
+HTTP_OFF = "off"
 
 
 def default_data_dir() -> Path:
@@ -61,9 +68,7 @@ class ServerConfig:
     workers: int = 64
 
     def __post_init__(self) -> None:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"listen address {self.listen!r} is not HOST:PORT")
+        _check_address(self.listen)
         if self.max_message_bytes < 1024 * 1024:
             raise ConfigError("server.max_message_bytes must be at least 1 MiB")
         if self.workers < 2:
@@ -71,12 +76,40 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    listen: str = DEFAULT_HTTP_LISTEN
+    upload_expiry_seconds: int = 15 * 60
+    max_manifest_bytes: int = 4 << 20
+
+    def __post_init__(self) -> None:
+        if self.listen != HTTP_OFF:
+            _check_address(self.listen)
+        if self.upload_expiry_seconds < 1:
+            raise ConfigError("http.upload_expiry_seconds must be at least 1")
+        if self.max_manifest_bytes < 4096:
+            raise ConfigError("http.max_manifest_bytes must be at least 4096")
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen != HTTP_OFF
+
+
+def _check_address(address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"listen address {address!r} is not HOST:PORT")
+
+
+@dataclass(frozen=True)
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
 
-def load(path: Path | None = None, *, listen: str | None = None, data_dir: Path | None = None) -> Config:
+def load(
+    path: Path | None = None, *, listen: str | None = None, data_dir: Path | None = None, http_listen: str | None = None
+) -> Config:
     """Reads the TOML file (if any), then applies flags, which win."""
     raw: dict[str, Any] = {}
     if path is not None:
@@ -86,20 +119,24 @@ def load(path: Path | None = None, *, listen: str | None = None, data_dir: Path 
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
     store_raw = dict(_table(raw, "store"))
     server_raw = dict(_table(raw, "server"))
+    http_raw = dict(_table(raw, "http"))
     if "data_dir" in raw:
         store_raw["data_dir"] = raw.pop("data_dir")
     if "listen" in raw:
         server_raw["listen"] = raw.pop("listen")
-    unknown = set(raw) - {"store", "server"}
+    unknown = set(raw) - {"store", "server", "http"}
     if unknown:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
     store = _build(StoreConfig, store_raw, "store")
     server = _build(ServerConfig, server_raw, "server")
+    http = _build(HttpConfig, http_raw, "http")
     if data_dir is not None:
         store = replace(store, data_dir=Path(data_dir))
     if listen is not None:
         server = replace(server, listen=listen)
-    return Config(store=store, server=server)
+    if http_listen is not None:
+        http = replace(http, listen=http_listen)
+    return Config(store=store, server=server, http=http)
 
 
 def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ Storage and request logic raise these; nothing here knows about gRPC or HTTP.
     │   └── BlobTooLarge         over the per-blob maximum
     ├── PermissionDenied
     ├── Unauthenticated
+    ├── Unsupported              the operation is not offered (e.g. an HTTP method on an endpoint)
     └── Unavailable              the daemon is shutting down
 """
 
@@ -92,6 +93,10 @@ class PermissionDenied(LayercacheError):
 
 
 class Unauthenticated(LayercacheError):
+    pass
+
+
+class Unsupported(LayercacheError):
     pass
 
 

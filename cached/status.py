@@ -21,6 +21,7 @@ _TABLE: dict[type[errors.LayercacheError], tuple[grpc.StatusCode, int]] = {
     errors.BlobTooLarge: (grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     errors.PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, 403),
     errors.Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, 401),
+    errors.Unsupported: (grpc.StatusCode.UNIMPLEMENTED, 405),
     errors.Unavailable: (grpc.StatusCode.UNAVAILABLE, 503),
 }
 
