@@ -74,9 +74,10 @@ def _build_args(args: argparse.Namespace) -> dict[str, str]:
     pairs = {}
     for item in args.build_args:
         name, sep, value = item.partition("=")
-        if not sep:
-            value = os.environ.get(name, "")  # docker build --build-arg NAME takes it from the environment
-        pairs[name] = value
+        if sep:
+            pairs[name] = value
+        elif name in os.environ:  # as with docker build, a bare NAME takes its value from the environment
+            pairs[name] = os.environ[name]
     return pairs
 
 

@@ -66,11 +66,13 @@ def explain(
     if any(entry.key == step.key for entry in candidates):
         return Explanation(step, True, None, True, [], first_miss)
     ranked = []
+    summaries: dict[int | None, dict[str, Any]] = {}  # folding a big tree is not free; once per depth
     for entry in candidates:
         recorded = _recorded_inputs(entry)
         if recorded is None:
             continue
-        current = step.summary(recorded.get("files", {}).get("depth"))
+        depth = recorded.get("files", {}).get("depth")
+        current = summaries.get(depth) or summaries.setdefault(depth, step.summary(depth))
         found = differences(recorded, current, step, first_miss)
         same_parent = recorded.get("parent") == step.parent
         ranked.append(((not same_parent, len(found), -entry.created_unix_ms), entry, same_parent, found))
@@ -146,7 +148,7 @@ def _variables(kind: str, before: Mapping[str, str], after: Mapping[str, str]) -
 def _files(before: Mapping[str, str], after: Mapping[str, str], origins: Mapping[str, str]) -> list[str]:
     def named(path: str) -> str:
         origin = origins.get(path, "")
-        return f"{path} (context: {origin})" if origin and origin != path else path
+        return f"{path} (context: {origin})" if origin and origin != path else path or "/"
 
     found = []
     removed = {path: before[path] for path in before.keys() - after.keys()}
