@@ -195,6 +195,22 @@ def test_add_extracts_local_archives_and_keys_their_members(tmp_path: Path):
     assert changed_from(before, keys(root)) == 2
 
 
+@pytest.mark.parametrize("owner", [(1001, 1000), (1000, 1001)])
+def test_owners_inside_an_added_archive_enter_the_key(tmp_path: Path, owner: tuple[int, int]):
+    root = make_context(tmp_path / "ctx", "FROM scratch\nADD bundle.tar /opt/\n")
+
+    def archive_owned_by(uid: int, gid: int) -> list[str]:
+        def owned(member: tarfile.TarInfo) -> tarfile.TarInfo:
+            member.uid, member.gid = uid, gid
+            return member
+
+        with tarfile.open(root / "bundle.tar", "w") as archive:
+            archive.add(REAL_PACKAGE / "tool.py", arcname="tool.py", filter=owned)
+        return keys(root)
+
+    assert changed_from(archive_owned_by(1000, 1000), archive_owned_by(*owner)) == 2
+
+
 def make_archive(path: Path, directory: Path) -> None:
     with tarfile.open(path, "w:gz") as archive:
         archive.add(directory, arcname=directory.name)
