@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -178,23 +180,19 @@ class Client:
 
     def _verified(self, digest: str, total: int, progress: Progress | None) -> Iterator[bytes]:
         algorithm, _, expected = digest.partition(":")
-        if algorithm == "sha256":
-            hasher = hashlib.sha256()
-        elif algorithm == "blake3":
-            import blake3  # only needed for blake3 blobs
-
-            hasher = blake3.blake3()
-        else:
-            raise InvalidArgumentError(f"unsupported digest algorithm in {digest!r}")
+        hasher = _BackgroundHasher(algorithm)
         done = 0
-        for data in self.read(digest):
-            hasher.update(data)
-            done += len(data)
-            if progress:
-                progress(done, total)
-            yield data
-        if hasher.hexdigest() != expected:
-            raise DataLossError(f"downloaded bytes of {digest} hash to {algorithm}:{hasher.hexdigest()}")
+        try:
+            for data in self.read(digest):
+                hasher.update(data)
+                done += len(data)
+                if progress:
+                    progress(done, total)
+                yield data
+        finally:
+            actual = hasher.hexdigest()
+        if actual != expected:
+            raise DataLossError(f"downloaded bytes of {digest} hash to {algorithm}:{actual}")
 
     def find_missing(self, digests: Iterable[str]) -> list[str]:
         with translate():
@@ -279,6 +277,36 @@ class Client:
     def capabilities(self) -> pb.CapabilitiesResponse:
         with translate():
             return self._admin.Capabilities(pb.CapabilitiesRequest(), timeout=self.timeout)
+
+
+class _BackgroundHasher:
+    """Hashes on its own thread, so verifying a download overlaps receiving it
+    (hashlib and blake3 release the GIL on large buffers)."""
+
+    def __init__(self, algorithm: str) -> None:
+        if algorithm == "sha256":
+            self._hasher = hashlib.sha256()
+        elif algorithm == "blake3":
+            import blake3  # only needed for blake3 blobs
+
+            self._hasher = blake3.blake3()
+        else:
+            raise InvalidArgumentError(f"unsupported digest algorithm {algorithm!r}")
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="layercache-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._hasher.update(data)
+
+    def update(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def hexdigest(self) -> str:
+        self._queue.put(None)
+        self._thread.join()
+        return self._hasher.hexdigest()
 
 
 def _descriptor(message: pb.Descriptor) -> Descriptor:
