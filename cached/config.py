@@ -11,6 +11,10 @@ has optional tables mirroring the dataclasses:
     max_blob_size = 1099511627776  # bytes; advertised through Capabilities
     index_map_size = 68719476736   # LMDB map size (virtual; grows the file lazily)
     max_pack_bytes = 1073741824    # a pack file is closed once it reaches this
+    max_bytes = 0                  # bound on stored (live, compressed) bytes; 0 = unbounded
+    low_watermark = 0.9            # background eviction keeps stored bytes below this fraction
+    compact_dead_fraction = 0.5    # a closed pack this dead is rewritten; bounds disk use to
+                                   # about max_bytes / (1 - compact_dead_fraction)
 
     [server]
     max_message_bytes = 67108864   # gRPC send/receive limit (FindMissing of 100k digests fits)
@@ -52,6 +56,9 @@ class StoreConfig:
     max_blob_size: int = 1 << 40
     index_map_size: int = 64 << 30
     max_pack_bytes: int = 1 << 30
+    max_bytes: int = 0
+    low_watermark: float = 0.9
+    compact_dead_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if not -5 <= self.compression_level <= 19:
@@ -59,6 +66,12 @@ class StoreConfig:
         for name in ("max_blob_size", "index_map_size", "max_pack_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"store.{name} must be positive")
+        if self.max_bytes < 0:
+            raise ConfigError("store.max_bytes must not be negative (0 means unbounded)")
+        if not 0.0 < self.low_watermark <= 1.0:
+            raise ConfigError("store.low_watermark must be within (0, 1]")
+        if not 0.0 < self.compact_dead_fraction < 1.0:
+            raise ConfigError("store.compact_dead_fraction must be within (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -158,6 +171,10 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
             value = Path(os.path.expanduser(str(value)))
         elif expected == "int" and (not isinstance(value, int) or isinstance(value, bool)):
             raise ConfigError(f"{section}.{name} must be an integer")
+        elif expected == "float":
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{section}.{name} must be a number")
+            value = float(value)
         elif expected == "str" and not isinstance(value, str):
             raise ConfigError(f"{section}.{name} must be a string")
         converted[name] = value

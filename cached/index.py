@@ -6,10 +6,13 @@ records, JSON):
     chunks     blake3 id (32) -> ChunkRecord (pack location, lengths, flags, refcount)
     atime      digest string  -> last access, ms (u64); kept apart from blobs so
                                  touching a blob never rewrites its chunk list
+    lru        access ms (u64 big-endian) + digest string -> empty: the blobs in
+                                 least-recently-used order, kept in step with atime
     blob_ns    digest string  -> namespace (dupsort): namespaces that hold a blob
     records    namespace \\0 key -> instruction-cache entry (JSON)
     blob_refs  digest string  -> namespace \\0 key (dupsort): records naming a blob
-    meta       name           -> counter (i64) or setting
+    meta       name           -> counter (i64) or setting; "pack_live:<id>"
+                                 counts the bytes of live chunk records in a pack
 
 Opening takes constant time: nothing is scanned at start-up, the counters are
 maintained inside the same transactions that change what they count.
@@ -19,6 +22,8 @@ blob's worth of work and never do I/O on pack files inside one.
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,8 +40,23 @@ _CHUNK = struct.Struct("<IQIIBxxxI")
 _I64 = struct.Struct("<q")
 
 FLAG_DAMAGED = 0x80  # index-only: the stored copy failed its check
-DB_NAMES = ("blobs", "chunks", "atime", "blob_ns", "records", "blob_refs", "meta")
+_STAMP = struct.Struct(">Q")
+DB_NAMES = ("blobs", "chunks", "atime", "lru", "blob_ns", "records", "blob_refs", "meta")
 _DUPSORT = {"blob_ns", "blob_refs"}
+
+
+def lru_key(stamp_ms: int, key: bytes) -> bytes:
+    # Big-endian so that LMDB's bytewise order is oldest first.
+    return _STAMP.pack(stamp_ms) + key
+
+
+def split_lru_key(raw: bytes) -> tuple[int, bytes]:
+    return _STAMP.unpack_from(raw)[0], bytes(raw[_STAMP.size :])
+
+
+def pack_live(pack_id: int) -> str:
+    """Name of the counter of live chunk bytes in a pack."""
+    return f"pack_live:{pack_id}"
 
 
 @dataclass(slots=True)
@@ -116,6 +136,11 @@ class Index:
                 yield txn
         except lmdb.MapFullError:
             raise StoreFull("the index is full (raise index_map_size in the config)") from None
+        except lmdb.Error as exc:
+            # LMDB reports a full disk as a plain error carrying strerror(ENOSPC).
+            if os.strerror(errno.ENOSPC) in str(exc):
+                raise StoreFull("the disk holding the index is full") from None
+            raise
 
     # -- records of each database
 
@@ -130,6 +155,22 @@ class Index:
     def put_chunk(self, txn: lmdb.Transaction, chunk_id: bytes, record: ChunkRecord) -> None:
         txn.put(chunk_id, record.encode(), db=self.db["chunks"])
 
+    # -- recency
+
+    def set_atime(self, txn: lmdb.Transaction, key: bytes, stamp_ms: int) -> None:
+        """Records a blob's last access, moving it in the LRU order."""
+        old = txn.get(key, db=self.db["atime"])
+        if old is not None:
+            txn.delete(lru_key(int.from_bytes(old, "little"), key), db=self.db["lru"])
+        txn.put(key, stamp_ms.to_bytes(8, "little"), db=self.db["atime"])
+        txn.put(lru_key(stamp_ms, key), b"", db=self.db["lru"])
+
+    def clear_atime(self, txn: lmdb.Transaction, key: bytes) -> None:
+        old = txn.get(key, db=self.db["atime"])
+        if old is not None:
+            txn.delete(lru_key(int.from_bytes(old, "little"), key), db=self.db["lru"])
+            txn.delete(key, db=self.db["atime"])
+
     # -- counters
 
     def add(self, txn: lmdb.Transaction, name: str, delta: int) -> None:
@@ -138,6 +179,9 @@ class Index:
             raw = txn.get(key, db=self.db["meta"])
             value = _I64.unpack(raw)[0] if raw else 0
             txn.put(key, _I64.pack(value + delta), db=self.db["meta"])
+
+    def drop_counter(self, txn: lmdb.Transaction, name: str) -> None:
+        txn.delete(name.encode(), db=self.db["meta"])
 
     def counter(self, txn: lmdb.Transaction, name: str) -> int:
         raw = txn.get(name.encode(), db=self.db["meta"])

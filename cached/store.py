@@ -15,18 +15,27 @@ checked against their blake3 id before a single byte is returned. A chunk
 that fails is marked damaged and the blob that needed it is dropped from the
 index: it then reads as missing, and the next Write of it stores a fresh copy
 of the damaged chunk, which also repairs every other blob sharing it.
+
+Size bound: with `max_bytes` set, a commit that would take the live stored
+bytes over it first asks the reclaimer (cached/eviction.py) to evict
+least-recently-used blobs, and fails with StoreFull when nothing more can go.
+The LRU order is an index database kept in step with access times. Uploads and
+reads pin the chunks they rely on (cached/pins.py), so compaction
+(cached/compaction.py) never deletes a record under them; a full disk while
+writing gives StoreFull and rolls the upload back.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import fcntl
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,11 +53,13 @@ from cached.errors import (
     DataLoss,
     InvalidArgument,
     OutOfRange,
+    StoreFull,
     Unavailable,
 )
-from cached.index import FLAG_DAMAGED, BlobRecord, ChunkRecord, Index
+from cached.index import FLAG_DAMAGED, BlobRecord, ChunkRecord, Index, pack_live, split_lru_key
 from cached.model import BlobInfo, Descriptor, StoreStats, VerifyProblem, VerifyReport, WriteResult
-from cached.packs import FLAG_ZSTD, HEADER, Location, Packs
+from cached.packs import FLAG_ZSTD, HEADER, Location, PackGone, Packs
+from cached.pins import Pins
 from cached.traffic import Traffic
 
 log = logging.getLogger(__name__)
@@ -56,13 +67,22 @@ log = logging.getLogger(__name__)
 # Chunks being hashed/compressed ahead of the pack writer, per upload; bounds
 # memory at about this many max-size chunks per concurrent upload.
 _IN_FLIGHT = 8
-# Chunks read and checked ahead of the sender, per read.
-_READ_AHEAD = 4
+# A read hands out verified data in pieces of about this size (the size at
+# which grpcio moves messages fastest), and keeps a few pieces in preparation.
+READ_GROUP_BYTES = 1 << 20
+_READ_AHEAD = 3
 # After this many chunks in a row that did not compress, an upload only
 # tries every _RETRY_EVERY-th chunk (gzip-compressed layers never compress).
 _GIVE_UP_AFTER = 4
 _RETRY_EVERY = 16
 _FLUSH_SECONDS = 5.0
+# With a size bound, packs are closed at this fraction of it, so that
+# compaction (which only takes closed packs) can reclaim space in small steps.
+_PACKS_PER_BOUND = 16
+# A commit over the bound asks for room this many times before StoreFull
+# (concurrent commits may take the room one eviction made).
+_ROOM_ATTEMPTS = 4
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def now_ms() -> int:
@@ -73,12 +93,25 @@ class DataDirInUse(RuntimeError):
     """Another process has the data directory open."""
 
 
+class NeedRoom(StoreFull):
+    """A commit of `incoming` more stored bytes would exceed max_bytes."""
+
+    def __init__(self, incoming: int, limit: int) -> None:
+        super().__init__(f"the cache is full: {incoming} more stored bytes do not fit in the bound of {limit}")
+        self.incoming = incoming
+
+
 class BlobStore:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self._lock_fd = _lock_data_dir(Path(config.data_dir))
         self.index = Index(Path(config.data_dir) / "index", config.index_map_size)
-        self.packs = Packs(Path(config.data_dir) / "packs", config.max_pack_bytes)
+        pack_bytes = config.max_pack_bytes
+        if config.max_bytes:
+            pack_bytes = max(1 << 20, min(pack_bytes, config.max_bytes // _PACKS_PER_BOUND))
+        self.packs = Packs(Path(config.data_dir) / "packs", pack_bytes)
+        self.pins = Pins()
+        self._reclaim: Callable[[int], None] | None = None
         self.chunk_params = self._load_chunk_params()
         self.traffic = Traffic()
         with self.index.read() as txn:
@@ -137,7 +170,7 @@ class BlobStore:
             bytes_in=traffic["bytes_in"],
             bytes_out=traffic["bytes_out"],
             evictions=counts["evictions"],
-            max_bytes=0,
+            max_bytes=self.config.max_bytes,
             namespaces=self.traffic.namespaces(records),
         )
 
@@ -178,8 +211,10 @@ class BlobStore:
             return writer.commit()
 
     def _prepare_chunk(self, raw: bytes, try_compress: bool) -> tuple[bytes, int, bytes | None, int, bool]:
-        """Runs on the pool: (id, raw length, payload or None if stored, flags, compression failed)."""
+        """Runs on the pool: (id, raw length, payload or None if stored, flags, compression failed).
+        Pins the chunk; the upload unpins it when it ends."""
         chunk_id = blake3.blake3(raw).digest()
+        self.pins.pin([chunk_id])
         with self.index.read() as txn:
             known = self.index.get_chunk(txn, chunk_id)
         if known is not None and not known.damaged:
@@ -208,14 +243,12 @@ class BlobStore:
                 self._add_namespace(txn, key, namespace)
                 _, created, media_type, count = BlobRecord.decode_head(existing)
                 return WriteResult(BlobInfo(Descriptor(digest, size, media_type), created, created, count), True)
-            stored_delta = 0
-            live_delta = 0
+            live = _LiveBytes()
             for chunk_id, raw_len in dict.fromkeys(chunks):
                 record = self.index.get_chunk(txn, chunk_id)
                 fresh = written.get(chunk_id)
                 if record is not None and record.refcount:
-                    stored_delta -= HEADER.size + record.stored_len
-                    live_delta -= 1
+                    live.remove(record)
                 if record is not None and not record.damaged:
                     record.refcount += 1
                 elif fresh is not None:
@@ -228,18 +261,65 @@ class BlobStore:
                     # Only compaction removes chunk records; it must not run
                     # while uploads that skipped a chunk are in flight.
                     raise Unavailable(f"chunk {chunk_id.hex()} vanished during the upload; retry")
-                stored_delta += HEADER.size + record.stored_len
-                live_delta += 1
+                live.add(record)
                 self.index.put_chunk(txn, chunk_id, record)
+            limit = self.config.max_bytes
+            if limit and live.stored > 0 and self.index.counter(txn, "stored") + live.stored > limit:
+                raise NeedRoom(live.stored, limit)  # aborts this transaction
             blob = BlobRecord(size, created, media_type, chunks)
             txn.put(key, blob.encode(), db=self.index.db["blobs"])
-            txn.put(key, created.to_bytes(8, "little"), db=self.index.db["atime"])
+            self.index.set_atime(txn, key, created)
             self._add_namespace(txn, key, namespace)
             self.index.add(txn, "blobs", 1)
             self.index.add(txn, "logical", size)
-            self.index.add(txn, "chunks", live_delta)
-            self.index.add(txn, "stored", stored_delta)
+            live.apply(self.index, txn)
         return WriteResult(BlobInfo(Descriptor(digest, size, media_type), created, created, len(chunks)), False)
+
+    def _make_room(self, shortage: NeedRoom) -> None:
+        if self._reclaim is None:
+            raise shortage
+        self._reclaim(shortage.incoming)
+
+    def set_reclaimer(self, reclaim: Callable[[int], None]) -> None:
+        """`reclaim(n)` is called when a commit of n more stored bytes would
+        exceed max_bytes; it frees space or raises StoreFull."""
+        self._reclaim = reclaim
+
+    def stored_bytes(self) -> int:
+        with self.index.read() as txn:
+            return self.index.counter(txn, "stored")
+
+    def evict_oldest(
+        self, target: int, batch: int, drop_references: Callable[[lmdb.Transaction, Digest], object]
+    ) -> tuple[int, int, bool]:
+        """Evicts least-recently-used blobs while stored bytes exceed `target`,
+        at most `batch` steps in one short transaction. `drop_references`
+        removes what names a blob (instruction-cache entries) in the same
+        transaction. Returns (blobs evicted, stored bytes, whether blobs remain).
+
+        Touches wait until this commits: a reader that touches a blob and then
+        checks it is present (see `touch`) either got its touch in first, and
+        the blob stays, or sees it gone."""
+        evicted = steps = 0
+        with self._touch_lock, self.index.write() as txn:
+            stored = self.index.counter(txn, "stored")
+            cursor = txn.cursor(db=self.index.db["lru"])
+            remaining = cursor.first()
+            while remaining and stored > target and steps < batch:
+                steps += 1
+                _, key = split_lru_key(cursor.key())
+                stamp = self._touched.pop(key, None)
+                if stamp is not None:
+                    self.index.set_atime(txn, key, stamp)  # used since the last flush: not old
+                elif self._drop_blob(txn, key) is None:
+                    txn.delete(cursor.key(), db=self.index.db["lru"])  # stale entry
+                else:
+                    drop_references(txn, Digest.parse(key.decode()))
+                    evicted += 1
+                    stored = self.index.counter(txn, "stored")
+                remaining = cursor.first()
+            self.index.add(txn, "evictions", evicted)
+        return evicted, stored, remaining
 
     def _add_namespace(self, txn: lmdb.Transaction, key: bytes, namespace: str) -> None:
         if namespace:
@@ -269,45 +349,65 @@ class BlobStore:
         return self._read_range(digest, record, offset, end)
 
     def _read_range(self, digest: Digest, record: BlobRecord, start: int, end: int) -> Iterator[bytes]:
-        wanted = []  # (chunk id, raw length, slice start, slice end)
+        # Consecutive chunks are loaded in groups of about READ_GROUP_BYTES on
+        # the pool, a few groups ahead of the consumer, so reading, inflating
+        # and checking overlap with sending.
+        groups: list[list[tuple[bytes, int, int, int]]] = [[]]
+        grouped = 0
         position = 0
         for chunk_id, raw_len in record.chunks:
             chunk_end = position + raw_len
             if chunk_end > start and position < end:
-                wanted.append((chunk_id, raw_len, max(start - position, 0), min(end, chunk_end) - position))
+                if grouped >= READ_GROUP_BYTES:
+                    groups.append([])
+                    grouped = 0
+                lo, hi = max(start - position, 0), min(end, chunk_end) - position
+                groups[-1].append((chunk_id, raw_len, lo, hi))
+                grouped += hi - lo
             position = chunk_end
             if position >= end:
                 break
-        pending: collections.deque[tuple[Future[bytes], int, int]] = collections.deque()
+        pending: collections.deque[Future[bytes]] = collections.deque()
         sent = 0
+        # Pinned here, inside the generator, so that the finally below always
+        # unpins: a generator that never starts never runs its finally.
+        pinned = [chunk_id for group in groups for chunk_id, _, _, _ in group]
+        self.pins.pin(pinned)
         try:
-            for chunk_id, raw_len, lo, hi in wanted:
-                pending.append((self._pool.submit(self._load_chunk, digest, chunk_id, raw_len), lo, hi))
+            for group in groups:
+                pending.append(self._pool.submit(self._load_group, digest, group))
                 if len(pending) > _READ_AHEAD:
-                    sent += yield from self._emit(pending.popleft())
+                    data = pending.popleft().result()
+                    sent += len(data)
+                    yield data
             while pending:
-                sent += yield from self._emit(pending.popleft())
+                data = pending.popleft().result()
+                sent += len(data)
+                yield data
         finally:
-            for future, _, _ in pending:
+            for future in pending:
                 future.cancel()
+            for future in pending:
+                if not future.cancelled():
+                    future.exception()  # wait: the loader must finish before the unpin
+            self.pins.unpin(pinned)
             self.traffic.add_bytes(outgoing=sent)
 
-    @staticmethod
-    def _emit(item: tuple[Future[bytes], int, int]) -> Iterator[bytes]:
-        future, lo, hi = item
-        data = future.result()
-        piece = data if (lo, hi) == (0, len(data)) else data[lo:hi]
-        yield piece
-        return len(piece)
+    def _load_group(self, digest: Digest, group: list[tuple[bytes, int, int, int]]) -> bytes:
+        parts = []
+        for chunk_id, raw_len, lo, hi in group:
+            data = self._load_chunk(digest, chunk_id, raw_len)
+            parts.append(data if (lo, hi) == (0, raw_len) else data[lo:hi])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _load_chunk(self, digest: Digest, chunk_id: bytes, raw_len: int) -> bytes:
         try:
-            with self.index.read() as txn:
-                record = self.index.get_chunk(txn, chunk_id)
-            if record is None or record.damaged:
-                raise DataLoss(f"chunk {chunk_id.hex()} of {digest} is {'damaged' if record else 'missing'}")
-            location = Location(record.pack, record.offset, record.stored_len)
-            flags, payload = self.packs.read(location, chunk_id, raw_len)
+            try:
+                flags, payload = self._read_chunk(digest, chunk_id, raw_len)
+            except PackGone:
+                # Compaction moved the chunk after we looked it up; it
+                # deletes a pack only once the index points elsewhere.
+                flags, payload = self._read_chunk(digest, chunk_id, raw_len)
             data = payload
             if flags & FLAG_ZSTD:
                 try:
@@ -320,6 +420,20 @@ class BlobStore:
         except DataLoss:
             self.quarantine(digest, chunk_id)
             raise
+        except PackGone as exc:
+            self.quarantine(digest, chunk_id)
+            raise DataLoss(f"chunk {chunk_id.hex()} of {digest}: pack {exc} is missing") from None
+
+    def _read_chunk(self, digest: Digest, chunk_id: bytes, raw_len: int) -> tuple[int, bytes]:
+        with self.index.read() as txn:
+            record = self.index.get_chunk(txn, chunk_id)
+            blob_present = txn.get(digest.key, db=self.index.db["blobs"]) is not None
+        if record is None and not blob_present:
+            # Evicted while being read, before this read pinned its chunks.
+            raise BlobNotFound(digest)
+        if record is None or record.damaged:
+            raise DataLoss(f"chunk {chunk_id.hex()} of {digest} is {'damaged' if record else 'missing'}")
+        return self.packs.read(Location(record.pack, record.offset, record.stored_len), chunk_id, raw_len)
 
     def quarantine(self, digest: Digest, chunk_id: bytes | None) -> None:
         """Marks a chunk damaged and drops the blob, so it reads as missing
@@ -334,35 +448,40 @@ class BlobStore:
             self._drop_blob(txn, digest.key)
 
     def _drop_blob(self, txn: lmdb.Transaction, key: bytes) -> BlobRecord | None:
+        """Removes a blob inside the caller's transaction. Its chunk records
+        stay (refcount 0 when unused) until compaction reclaims their space."""
         blob = self.index.get_blob(txn, key)
         if blob is None:
             return None
-        stored_delta = 0
-        live_delta = 0
+        live = _LiveBytes()
         for chunk_id, _ in dict.fromkeys(blob.chunks):
             record = self.index.get_chunk(txn, chunk_id)
             if record is None or record.refcount == 0:
                 continue
             record.refcount -= 1
             if record.refcount == 0:
-                stored_delta -= HEADER.size + record.stored_len
-                live_delta -= 1
+                live.remove(record)
             self.index.put_chunk(txn, chunk_id, record)
         txn.delete(key, db=self.index.db["blobs"])
-        txn.delete(key, db=self.index.db["atime"])
+        self.index.clear_atime(txn, key)
         txn.delete(key, db=self.index.db["blob_ns"])
         self.index.add(txn, "blobs", -1)
         self.index.add(txn, "logical", -blob.size)
-        self.index.add(txn, "chunks", live_delta)
-        self.index.add(txn, "stored", stored_delta)
+        live.apply(self.index, txn)
         return blob
 
-    def touch(self, digests: Iterable[Digest]) -> None:
+    def touch(self, digests: Iterable[Digest]) -> set[Digest]:
+        """Marks blobs used now; returns those of them that are absent after
+        the touch (evicted meanwhile), so a caller about to hand them out can
+        tell. Once a touch is in, eviction passes the blob over."""
         stamp = now_ms()
+        keys = {d for d in digests if not d.is_empty_blob}
         with self._touch_lock:
-            for digest in digests:
-                if not digest.is_empty_blob:
-                    self._touched[digest.key] = stamp
+            for digest in keys:
+                self._touched[digest.key] = stamp
+        with self.index.read() as txn:
+            cursor = txn.cursor(db=self.index.db["blobs"])
+            return {d for d in keys if not cursor.set_key(d.key)}
 
     # ------------------------------------------------------------------ verify
 
@@ -422,12 +541,10 @@ class BlobStore:
         with self._touch_lock:
             touched, self._touched = self._touched, {}
         with self.index.write() as txn:
-            atime = self.index.db["atime"]
-            blobs = self.index.db["blobs"]
-            cursor = txn.cursor(db=blobs)
+            cursor = txn.cursor(db=self.index.db["blobs"])
             for key, stamp in touched.items():
                 if cursor.set_key(key):
-                    txn.put(key, stamp.to_bytes(8, "little"), db=atime)
+                    self.index.set_atime(txn, key, stamp)
             self.index.put_setting(txn, "traffic", self.traffic.dump())
 
     def _flush_loop(self) -> None:
@@ -445,6 +562,31 @@ class BlobStore:
         self.packs.close()
         self.index.close()
         os.close(self._lock_fd)
+
+
+class _LiveBytes:
+    """Changes to the live chunk counters ("chunks", "stored" and each pack's
+    live bytes) gathered over one transaction, written once at its end."""
+
+    def __init__(self) -> None:
+        self.chunks = 0
+        self.stored = 0
+        self.per_pack: dict[int, int] = collections.defaultdict(int)
+
+    def add(self, record: ChunkRecord, sign: int = 1) -> None:
+        size = HEADER.size + record.stored_len
+        self.chunks += sign
+        self.stored += sign * size
+        self.per_pack[record.pack] += sign * size
+
+    def remove(self, record: ChunkRecord) -> None:
+        self.add(record, -1)
+
+    def apply(self, index: Index, txn: lmdb.Transaction) -> None:
+        index.add(txn, "chunks", self.chunks)
+        index.add(txn, "stored", self.stored)
+        for pack_id, delta in self.per_pack.items():
+            index.add(txn, pack_live(pack_id), delta)
 
 
 def _lock_data_dir(data_dir: Path) -> int:
@@ -502,6 +644,10 @@ class BlobWriter:
                 hasher.update(data)
             for chunk in self._chunker.feed(data):
                 self._submit(chunk)
+        except OSError as exc:
+            self.abort()
+            _raise_if_disk_full(exc)
+            raise
         except BaseException:
             self.abort()
             raise
@@ -525,7 +671,18 @@ class BlobWriter:
                 return WriteResult(BlobInfo(Descriptor(final, 0, self.media_type), 0, 0, 0), True)
             if self._pack is not None:
                 self._pack.sync()
-            result = self._store._commit(final, self.received, self.media_type, self._chunks, self._written, self._namespace)
+            for attempt in range(_ROOM_ATTEMPTS + 1):
+                try:
+                    result = self._store._commit(final, self.received, self.media_type, self._chunks, self._written, self._namespace)
+                    break
+                except NeedRoom as shortage:
+                    if attempt == _ROOM_ATTEMPTS:
+                        raise
+                    self._store._make_room(shortage)
+        except OSError as exc:
+            self.abort()
+            _raise_if_disk_full(exc)
+            raise
         except BaseException:
             self.abort()
             raise
@@ -543,8 +700,8 @@ class BlobWriter:
         for future in self._pending:
             future.cancel()
         for future in self._pending:
-            if not future.cancelled():
-                future.exception()
+            if not future.cancelled() and future.exception() is None:
+                self._store.pins.unpin([future.result()[0]])
         self._pending.clear()
         if self._pack is not None:
             try:
@@ -579,6 +736,14 @@ class BlobWriter:
         self._written[chunk_id] = (self._pack.append(chunk_id, raw_len, payload, flags), flags)
 
     def _release(self) -> None:
+        self._store.pins.unpin(chunk_id for chunk_id, _ in self._chunks)
+        self._chunks = []
         if self._pack is not None:
             self._store.packs.release(self._pack)
             self._pack = None
+
+
+def _raise_if_disk_full(exc: OSError) -> None:
+    """A full disk is the client's StoreFull; other OSErrors stay as they are."""
+    if exc.errno in _DISK_FULL:
+        raise StoreFull("the disk holding the cache is full; nothing stored was lost") from exc
