@@ -13,7 +13,7 @@ can find and drop the entries that named it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import lmdb
 
@@ -21,7 +21,7 @@ from cached.digest import Digest
 from cached.errors import ContentMismatch, InvalidArgument, MissingBlobs
 from cached.model import CacheEntry, Descriptor, LookupResult
 from cached.names import MAX_CHAIN, MAX_LAYERS, check_key, check_metadata, check_namespace
-from cached.store import BlobStore, now_ms
+from cached.store import BlobStore, Visible, now_ms
 
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 10_000
@@ -37,13 +37,24 @@ class InstructionCache:
         self.index = store.index
 
     def record(
-        self, namespace: str, key: str, layers: list[Descriptor], metadata: dict[str, str]
+        self,
+        namespace: str,
+        key: str,
+        layers: list[Descriptor],
+        metadata: dict[str, str],
+        visible: Visible | None = None,
     ) -> CacheEntry:
+        """Stores an entry. Blobs the caller may not see (`visible`, from
+        cached/auth.py) count as missing, like blobs the cache lacks."""
         check_namespace(namespace)
         check_key(key)
         metadata = check_metadata(metadata)
         if len(layers) > MAX_LAYERS:
             raise InvalidArgument(f"a record may name at most {MAX_LAYERS} layers")
+        if visible is not None:
+            hidden = self.store.find_missing([d.digest for d in layers], visible)
+            if hidden:
+                raise MissingBlobs(hidden)
         entry = CacheEntry(namespace, key, tuple(layers), metadata, now_ms())
         ekey = entry_key(namespace, key)
         with self.index.write() as txn:
@@ -98,7 +109,10 @@ class InstructionCache:
             self.index.add(txn, "records:" + namespace.decode(), -1)
         return len(ekeys)
 
-    def lookup(self, namespace: str, keys: list[str]) -> LookupResult:
+    def lookup(self, namespace: str, keys: list[str], fallback: Sequence[str] = ()) -> LookupResult:
+        """Walks the chain in `namespace`, then in each `fallback` namespace
+        (read scopes, see cached/auth.py) while the chain is not a full hit,
+        and answers with the longest run of hits."""
         check_namespace(namespace)
         if not keys:
             raise InvalidArgument("a lookup needs at least one key")
@@ -106,25 +120,42 @@ class InstructionCache:
             raise InvalidArgument(f"a lookup chain may hold at most {MAX_CHAIN} keys")
         for key in keys:
             check_key(key)
+        best: LookupResult | None = None
+        with self.index.read() as txn:
+            for scope in (namespace, *fallback):
+                walked = self._walk(txn, scope, keys)
+                if best is None or len(walked.hits) > len(best.hits):
+                    best = walked
+                if best.miss_reason == "none":
+                    break
+        assert best is not None
+        hits, reason, missing = best.hits, best.miss_reason, best.missing
+        # Touch, then check again: eviction either saw the touch and kept the
+        # blobs or removed them first, and then the hit is cut here.
+        gone = self.store.touch(d.digest for entry in hits for d in entry.layers)
+        for position, entry in enumerate(hits if gone else ()):
+            absent = [d.digest for d in entry.layers if d.digest in gone]
+            if absent:
+                hits, reason, missing = hits[:position], "blob_missing", absent
+                break
+        self.store.traffic.add_lookup(namespace, len(hits), reason != "none")
+        return LookupResult(hits, reason, missing)
+
+    def _walk(self, txn: lmdb.Transaction, namespace: str, keys: list[str]) -> LookupResult:
         hits: list[CacheEntry] = []
         reason, missing = "none", []
-        with self.index.read() as txn:
-            blobs = txn.cursor(db=self.index.db["blobs"])
-            for key in keys:
-                raw = txn.get(entry_key(namespace, key), db=self.index.db["records"])
-                if raw is None:
-                    reason = "not_recorded"
-                    break
-                entry = _decode(namespace, key, raw)
-                missing = [
-                    d.digest for d in entry.layers if not d.digest.is_empty_blob and not blobs.set_key(d.digest.key)
-                ]
-                if missing:
-                    reason = "blob_missing"
-                    break
-                hits.append(entry)
-        self.store.traffic.add_lookup(namespace, len(hits), reason != "none")
-        self.store.touch(d.digest for entry in hits for d in entry.layers)
+        blobs = txn.cursor(db=self.index.db["blobs"])
+        for key in keys:
+            raw = txn.get(entry_key(namespace, key), db=self.index.db["records"])
+            if raw is None:
+                reason = "not_recorded"
+                break
+            entry = _decode(namespace, key, raw)
+            missing = [d.digest for d in entry.layers if not d.digest.is_empty_blob and not blobs.set_key(d.digest.key)]
+            if missing:
+                reason = "blob_missing"
+                break
+            hits.append(entry)
         return LookupResult(hits, reason, missing)
 
     def list_entries(self, namespace: str, metadata_equals: dict[str, str], limit: int) -> list[CacheEntry]:

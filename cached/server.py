@@ -3,6 +3,15 @@
 `create_server` binds and returns the server and its port without starting
 it, so in-process tests can use port 0; `serve` is the `layercache serve`
 entry point, which also handles SIGTERM/SIGINT by draining in-flight calls.
+
+Around the services: access control (cached/auth.py), TLS (cached/tls.py),
+per-call metrics and request ids (cached/metrics.py, cached/logs.py), and the
+background workers that keep the store within its bound (cached/eviction.py,
+cached/compaction.py).
+
+Shutdown order: readiness goes NOT_SERVING, the listeners stop taking calls,
+in-flight calls get `shutdown_grace_seconds` to finish, then the background
+workers and the store close.
 """
 
 from __future__ import annotations
@@ -12,22 +21,31 @@ import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from prometheus_client import CollectorRegistry
+
+from cached import logs
+from cached.auth import Authorizer
+from cached.compaction import Compactor
 from cached.config import Config, ConfigError
+from cached.eviction import Evictor
+from cached.metrics import CallObserver, MetricsServer, StoreCollector
 from cached.records import InstructionCache
 from cached.service import AdminService, BlobsService, InstructionCacheService
 from cached.store import BlobStore
+from cached.tls import grpc_credentials, ssl_context
 from client.proto import layercache_pb2 as pb
 from client.proto import layercache_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Blobs", "InstructionCache", "Admin"))
 SHUTDOWN_GRACE_SECONDS = 10.0
+Worker = Evictor | Compactor | MetricsServer
 
 
 @dataclass
@@ -37,9 +55,13 @@ class Daemon:
     server: grpc.Server
     health: health.HealthServicer
     port: int
+    workers: list[Worker] = field(default_factory=list)
+    metrics_port: int = 0
 
     def start(self) -> None:
         self.server.start()
+        for worker in self.workers:
+            worker.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -47,40 +69,68 @@ class Daemon:
         # Readiness first, so load balancers stop routing here while calls drain.
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        for worker in self.workers:
+            worker.close()
         self.store.close()
 
 
 def create_daemon(config: Config, store: BlobStore | None = None) -> Daemon:
     store = store or BlobStore(config.store)
     cache = InstructionCache(store)
+    auth = Authorizer(config.auth)
+    metrics = CollectorRegistry()
+    metrics.register(StoreCollector(store))
     limit = config.server.max_message_bytes
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.server.workers, thread_name_prefix="grpc"),
+        interceptors=[CallObserver(metrics)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
         ],
     )
-    pb_grpc.add_BlobsServicer_to_server(BlobsService(store), server)
-    pb_grpc.add_InstructionCacheServicer_to_server(InstructionCacheService(cache), server)
-    pb_grpc.add_AdminServicer_to_server(AdminService(store, limit), server)
+    pb_grpc.add_BlobsServicer_to_server(BlobsService(store, auth), server)
+    pb_grpc.add_InstructionCacheServicer_to_server(InstructionCacheService(cache, auth), server)
+    pb_grpc.add_AdminServicer_to_server(AdminService(store, limit, auth), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
+    workers: list[Worker] = [Compactor(store)]
+    if config.store.max_bytes:
+        workers.append(Evictor(store, cache))
     try:
-        port = server.add_insecure_port(config.server.listen)
-    except RuntimeError as exc:
+        credentials = grpc_credentials(config.server)
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(config.server.listen)
+            else:
+                port = server.add_secure_port(config.server.listen, credentials)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {config.server.listen}: {exc}") from None
+        metrics_port = 0
+        if config.server.metrics_listen:
+            try:
+                endpoint = MetricsServer(config.server.metrics_listen, metrics, ssl_context(config.server))
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {config.server.metrics_listen} for metrics: {exc}") from None
+            workers.append(endpoint)
+            metrics_port = endpoint.port
+    except ConfigError:
         store.close()
-        raise ConfigError(f"cannot listen on {config.server.listen}: {exc}") from None
-    return Daemon(store, cache, server, health_servicer, port)
+        raise
+    return Daemon(store, cache, server, health_servicer, port, workers, metrics_port)
 
 
 def serve(config: Config) -> int:
+    logs.configure(config.server.log_format)
     daemon = create_daemon(config)
     daemon.start()
     host = config.server.listen.rpartition(":")[0]
+    if daemon.metrics_port:
+        metrics_host = config.server.metrics_listen.rpartition(":")[0]
+        print(f"layercache: serving metrics on {metrics_host}:{daemon.metrics_port}", flush=True)
     print(f"layercache: serving gRPC on {host}:{daemon.port} (data in {config.store.data_dir})", flush=True)
     stopping = threading.Event()
 
@@ -91,5 +141,5 @@ def serve(config: Config) -> int:
         signal.signal(signum, on_signal)
     stopping.wait()
     print("layercache: shutting down", file=sys.stderr, flush=True)
-    daemon.stop()
+    daemon.stop(config.server.shutdown_grace_seconds)
     return 0

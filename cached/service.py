@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 
 import grpc
 
+from cached.auth import OPEN_AUTH, READ, WRITE, Authorizer, Principal
 from cached.digest import ALGORITHMS, Digest
 from cached.errors import InvalidArgument, LayercacheError
 from cached.model import BlobInfo, CacheEntry, Descriptor
 from cached.records import InstructionCache
 from cached.status import grpc_status
-from cached.store import BlobStore
+from cached.store import BlobStore, Visible
 from client.proto import layercache_pb2 as pb
 from client.proto import layercache_pb2_grpc as pb_grpc
 
@@ -83,22 +84,39 @@ def entry_to_pb(entry: CacheEntry) -> pb.CacheEntry:
     )
 
 
+def caller(auth: Authorizer, context: grpc.ServicerContext) -> Principal:
+    """The principal behind a call, from its `authorization` metadata."""
+    values = [value for key, value in context.invocation_metadata() if key == "authorization"]
+    return auth.authenticate(values[-1] if values else None)
+
+
+def readable(auth: Authorizer, context: grpc.ServicerContext, namespace: str) -> Visible | None:
+    """Authorizes a blob query in `namespace`; returns what the caller may see."""
+    principal = caller(auth, context)
+    principal.require(READ, namespace)
+    return auth.visibility(principal, namespace)
+
+
 class BlobsService(pb_grpc.BlobsServicer):
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, auth: Authorizer = OPEN_AUTH) -> None:
         self.store = store
+        self.auth = auth
 
     @rpc
     def FindMissing(self, request: pb.FindMissingRequest, context: grpc.ServicerContext) -> pb.FindMissingResponse:
+        visible = readable(self.auth, context, request.namespace)
         digests = [Digest.parse(text) for text in request.digests]
-        return pb.FindMissingResponse(missing=[str(d) for d in self.store.find_missing(digests)])
+        return pb.FindMissingResponse(missing=[str(d) for d in self.store.find_missing(digests, visible)])
 
     @rpc
     def Stat(self, request: pb.StatRequest, context: grpc.ServicerContext) -> pb.BlobInfo:
-        return blob_info_to_pb(self.store.stat(Digest.parse(request.digest)))
+        visible = readable(self.auth, context, request.namespace)
+        return blob_info_to_pb(self.store.stat(Digest.parse(request.digest), visible))
 
     @rpc
     def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> Iterator[pb.ReadResponse]:
-        for piece in self.store.read(Digest.parse(request.digest), request.offset, request.limit):
+        visible = readable(self.auth, context, request.namespace)
+        for piece in self.store.read(Digest.parse(request.digest), request.offset, request.limit, visible):
             yield pb.ReadResponse(data=piece)
 
     @rpc
@@ -108,14 +126,19 @@ class BlobsService(pb_grpc.BlobsServicer):
         if first is None or not first.HasField("header"):
             raise InvalidArgument("the first Write message must carry a header")
         header = first.header
+        principal = caller(self.auth, context)
+        principal.require(WRITE, header.namespace)
+        visible = self.auth.visibility(principal, header.namespace)
         digest = Digest.parse(header.digest)
         media_type = header.media_type or "application/octet-stream"
         with self.store.open_write(digest, header.size, media_type, header.namespace) as writer:
-            if not self.store.find_missing([digest]):
+            # Cut the upload short only if the caller could read the blob
+            # anyway; otherwise it proves it has the bytes by sending them.
+            if not self.store.find_missing([digest], visible):
                 info = self.store.stat(digest)
                 if info.descriptor.size != header.size:
                     raise InvalidArgument(f"{digest} is {info.descriptor.size} bytes, not {header.size}")
-                # Cut the upload short: the bytes are already here.
+                self.store.add_holder(digest, header.namespace)
                 return pb.WriteResponse(descriptor=descriptor_to_pb(info.descriptor), already_existed=True)
             if first.data:
                 writer.write(first.data)
@@ -130,18 +153,23 @@ class BlobsService(pb_grpc.BlobsServicer):
 
 
 class InstructionCacheService(pb_grpc.InstructionCacheServicer):
-    def __init__(self, cache: InstructionCache) -> None:
+    def __init__(self, cache: InstructionCache, auth: Authorizer = OPEN_AUTH) -> None:
         self.cache = cache
+        self.auth = auth
 
     @rpc
     def Record(self, request: pb.RecordRequest, context: grpc.ServicerContext) -> pb.RecordResponse:
+        principal = caller(self.auth, context)
+        principal.require(WRITE, request.namespace)
         layers = [descriptor_from_pb(d) for d in request.layers]
-        entry = self.cache.record(request.namespace, request.key, layers, dict(request.metadata))
+        visible = self.auth.visibility(principal, request.namespace)
+        entry = self.cache.record(request.namespace, request.key, layers, dict(request.metadata), visible)
         return pb.RecordResponse(entry=entry_to_pb(entry))
 
     @rpc
     def Lookup(self, request: pb.LookupRequest, context: grpc.ServicerContext) -> pb.LookupResponse:
-        result = self.cache.lookup(request.namespace, list(request.keys))
+        caller(self.auth, context).require(READ, request.namespace)
+        result = self.cache.lookup(request.namespace, list(request.keys), self.auth.read_scope(request.namespace)[1:])
         return pb.LookupResponse(
             hits=[entry_to_pb(e) for e in result.hits],
             miss_reason=_MISS_REASONS[result.miss_reason],
@@ -150,6 +178,7 @@ class InstructionCacheService(pb_grpc.InstructionCacheServicer):
 
     @rpc
     def ListEntries(self, request: pb.ListEntriesRequest, context: grpc.ServicerContext) -> pb.ListEntriesResponse:
+        caller(self.auth, context).require(READ, request.namespace)
         entries = self.cache.list_entries(request.namespace, dict(request.metadata_equals), request.limit)
         return pb.ListEntriesResponse(entries=[entry_to_pb(e) for e in entries])
 
@@ -162,13 +191,15 @@ _MISS_REASONS = {
 
 
 class AdminService(pb_grpc.AdminServicer):
-    def __init__(self, store: BlobStore, max_message_bytes: int) -> None:
+    def __init__(self, store: BlobStore, max_message_bytes: int, auth: Authorizer = OPEN_AUTH) -> None:
         self.store = store
         self.max_message_bytes = max_message_bytes
+        self.auth = auth
         self.started = time.monotonic()
 
     @rpc
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
+        caller(self.auth, context).require_admin()
         stats = self.store.stats()
         return pb.StatsResponse(
             blobs=stats.blobs,
@@ -194,6 +225,7 @@ class AdminService(pb_grpc.AdminServicer):
 
     @rpc
     def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> pb.VerifyResponse:
+        caller(self.auth, context).require_admin()
         report = self.store.verify(request.sample_fraction)
         return pb.VerifyResponse(
             blobs_checked=report.blobs_checked,
@@ -204,6 +236,7 @@ class AdminService(pb_grpc.AdminServicer):
 
     @rpc
     def Capabilities(self, request: pb.CapabilitiesRequest, context: grpc.ServicerContext) -> pb.CapabilitiesResponse:
+        caller(self.auth, context)  # any known caller may ask
         params = self.store.chunk_params
         return pb.CapabilitiesResponse(
             digest_algorithms=list(ALGORITHMS),

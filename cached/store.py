@@ -35,7 +35,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,6 +63,10 @@ from cached.pins import Pins
 from cached.traffic import Traffic
 
 log = logging.getLogger(__name__)
+
+# A predicate over the namespaces holding a blob: may the caller see it?
+# Built by cached/auth.py; None shows everything.
+Visible = Callable[[Sequence[str]], bool]
 
 # Chunks being hashed/compressed ahead of the pack writer, per upload; bounds
 # memory at about this many max-size chunks per concurrent upload.
@@ -128,21 +132,26 @@ class BlobStore:
 
     # ------------------------------------------------------------------ queries
 
-    def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
+    def find_missing(self, digests: Iterable[Digest], visible: Visible | None = None) -> list[Digest]:
+        """The digests not held, or held only where `visible` says the caller
+        may not look (see cached/auth.py): those are reported missing too."""
         missing = []
         with self.index.read() as txn:
             cursor = txn.cursor(db=self.index.db["blobs"])
+            holders = txn.cursor(db=self.index.db["blob_ns"])
             for digest in digests:
-                if not digest.is_empty_blob and not cursor.set_key(digest.key):
+                if digest.is_empty_blob:
+                    continue
+                if not cursor.set_key(digest.key) or not _shown(holders, digest.key, visible):
                     missing.append(digest)
         return missing
 
-    def stat(self, digest: Digest) -> BlobInfo:
+    def stat(self, digest: Digest, visible: Visible | None = None) -> BlobInfo:
         if digest.is_empty_blob:
             return BlobInfo(Descriptor(digest, 0, "application/octet-stream"), 0, 0, 0)
         with self.index.read() as txn:
             raw = txn.get(digest.key, db=self.index.db["blobs"])
-            if raw is None:
+            if raw is None or not _shown(txn.cursor(db=self.index.db["blob_ns"]), digest.key, visible):
                 raise BlobNotFound(digest)
             atime = txn.get(digest.key, db=self.index.db["atime"])
         size, created, media, count = BlobRecord.decode_head(raw)
@@ -321,13 +330,26 @@ class BlobStore:
             self.index.add(txn, "evictions", evicted)
         return evicted, stored, remaining
 
+    def add_holder(self, digest: Digest, namespace: str) -> None:
+        """Records that `namespace` holds a blob already stored (a Write cut
+        short because the caller could already see it)."""
+        if not namespace or digest.is_empty_blob:
+            return
+        key, value = digest.key, namespace.encode()
+        with self.index.read() as txn:
+            if txn.cursor(db=self.index.db["blob_ns"]).set_key_dup(key, value):
+                return
+        with self.index.write() as txn:
+            if txn.get(key, db=self.index.db["blobs"]) is not None:
+                self._add_namespace(txn, key, namespace)
+
     def _add_namespace(self, txn: lmdb.Transaction, key: bytes, namespace: str) -> None:
         if namespace:
             txn.put(key, namespace.encode(), db=self.index.db["blob_ns"], dupdata=False)
 
     # ------------------------------------------------------------------ reads
 
-    def read(self, digest: Digest, offset: int = 0, limit: int = 0) -> Iterator[bytes]:
+    def read(self, digest: Digest, offset: int = 0, limit: int = 0, visible: Visible | None = None) -> Iterator[bytes]:
         """Checks the request eagerly (NotFound, OutOfRange), then returns an
         iterator of verified byte strings covering [offset, offset+limit)."""
         if offset < 0 or limit < 0:
@@ -337,6 +359,8 @@ class BlobStore:
         if not digest.is_empty_blob:
             with self.index.read() as txn:
                 record = self.index.get_blob(txn, digest.key)
+                if record is not None and not _shown(txn.cursor(db=self.index.db["blob_ns"]), digest.key, visible):
+                    record = None
             if record is None:
                 raise BlobNotFound(digest)
             size = record.size
@@ -587,6 +611,14 @@ class _LiveBytes:
         index.add(txn, "stored", self.stored)
         for pack_id, delta in self.per_pack.items():
             index.add(txn, pack_live(pack_id), delta)
+
+
+def _shown(holders: lmdb.Cursor, key: bytes, visible: Visible | None) -> bool:
+    """Whether a present blob is visible: `holders` is a blob_ns cursor."""
+    if visible is None:
+        return True
+    names = [bytes(v).decode() for v in holders.iternext_dup(keys=False)] if holders.set_key(key) else []
+    return visible(names)
 
 
 def _lock_data_dir(data_dir: Path) -> int:

@@ -10,7 +10,8 @@
     layercache verify [--sample FRACTION]
 
 Client commands take --server HOST:PORT (default: $LAYERCACHE_SERVER, else
-127.0.0.1:50051). Exit codes tell failures apart for scripts:
+127.0.0.1:50051), --token (default: $LAYERCACHE_TOKEN) and, for a daemon
+serving TLS, --tls-ca FILE (and --tls-cert/--tls-key for client certificates). Exit codes tell failures apart for scripts:
     0 ok   2 invalid input   3 not found (lookup: some key missed)
     4 failed precondition (blobs missing)   5 daemon unreachable or unavailable
     6 data loss   7 permission denied or unauthenticated   8 cache full
@@ -71,6 +72,22 @@ class ProgressBar:
         self.stream.flush()
 
 
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """The flags every command that talks to a daemon takes; see `connect`."""
+    parser.add_argument("--server", default=default_server(), help="daemon address HOST:PORT (default: %(default)s)")
+    parser.add_argument("--token", help="bearer token (default: $LAYERCACHE_TOKEN)")
+    parser.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs")
+    parser.add_argument("--tls-ca", type=Path, help="use TLS, trusting this CA certificate (PEM)")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for daemons that require one")
+    parser.add_argument("--tls-key", type=Path, help="key of --tls-cert (PEM)")
+
+
+def connect(args: argparse.Namespace) -> Client:
+    return Client(
+        args.server, token=args.token, tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key
+    )
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     # Imported here so that the client commands never load the daemon.
     from cached.config import ConfigError, load
@@ -78,7 +95,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from cached.store import DataDirInUse
 
     try:
-        config = load(args.config, listen=args.listen, data_dir=args.data_dir)
+        config = load(
+            args.config,
+            listen=args.listen,
+            data_dir=args.data_dir,
+            server_flags={"metrics_listen": args.metrics_listen, "log_format": args.log_format},
+        )
         return serve(config)
     except (ConfigError, DataDirInUse) as exc:
         print(f"layercache serve: {exc}", file=sys.stderr)
@@ -86,14 +108,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_put(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         descriptor = client.put(args.file, args.media_type, args.namespace, progress=ProgressBar("put"))
     print(descriptor.digest)
     return 0
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         if args.output == "-":
             client.get(args.digest, sys.stdout.buffer)
         else:
@@ -102,7 +124,7 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
 
 def _cmd_stat(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         info = client.stat(args.digest)
     _print_json(dataclasses.asdict(info))
     return 0
@@ -110,19 +132,19 @@ def _cmd_stat(args: argparse.Namespace) -> int:
 
 def _cmd_record(args: argparse.Namespace) -> int:
     metadata = dict(_key_value(item) for item in args.meta)
-    with Client(args.server) as client:
-        missing = client.find_missing(args.digests)
+    with connect(args) as client:
+        missing = client.find_missing(args.digests, args.namespace)
         if missing:
             print("layercache: the cache lacks these blobs: " + " ".join(missing), file=sys.stderr)
             return EXIT_CODES[errors.FailedPreconditionError]
-        layers = [client.stat(d).descriptor for d in args.digests]
+        layers = [client.stat(d, args.namespace).descriptor for d in args.digests]
         entry = client.record(args.namespace, args.key, layers, metadata)
     print(f"recorded {entry.namespace} {entry.key} -> {len(entry.layers)} layer(s)")
     return 0
 
 
 def _cmd_lookup(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         result = client.lookup(args.namespace, args.keys)
     for entry in result.hits:
         print(f"HIT  {entry.key} " + " ".join(d.digest for d in entry.layers))
@@ -137,7 +159,7 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         stats = client.stats()
     if args.json:
         _print_json(dataclasses.asdict(stats))
@@ -165,7 +187,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         report = client.verify(args.sample)
     print(f"checked {report.blobs_checked} blobs, {report.chunks_checked} chunks, {_size(report.bytes_checked)}")
     for problem in report.problems:
@@ -200,13 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(func=func)
         if name != "serve":
-            sub.add_argument("--server", default=default_server(), help="daemon address HOST:PORT (default: %(default)s)")
+            add_connection_options(sub)
         return sub
 
     serve = command("serve", _cmd_serve, "run the daemon")
     serve.add_argument("--listen", help="gRPC address HOST:PORT (default 127.0.0.1:50051)")
     serve.add_argument("--data-dir", type=Path, help="store directory (default: per-user data dir)")
     serve.add_argument("--config", type=Path, help="TOML configuration file")
+    serve.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT (default: off)")
+    serve.add_argument("--log-format", choices=("text", "json"), help="daemon log format (default: text)")
 
     put = command("put", _cmd_put, "upload a file; prints its digest")
     put.add_argument("file", type=Path)

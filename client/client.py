@@ -14,6 +14,7 @@ path goes to a temporary file that is renamed only when complete and correct.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import queue
@@ -56,17 +57,50 @@ def default_server() -> str:
     return os.environ.get("LAYERCACHE_SERVER") or DEFAULT_SERVER
 
 
+def default_token() -> str | None:
+    return os.environ.get("LAYERCACHE_TOKEN") or None
+
+
 class Client:
-    def __init__(self, server: str | None = None, *, timeout: float | None = None) -> None:
+    """A connection to a daemon.
+
+    `token` (default: $LAYERCACHE_TOKEN) is sent as `authorization: Bearer`
+    metadata on every call. TLS is used when `tls` is true or any TLS file is
+    given: `tls_ca` is the PEM file of the CA to trust (default: the system's),
+    `tls_cert`/`tls_key` a client certificate for daemons that require one.
+    """
+
+    def __init__(
+        self,
+        server: str | None = None,
+        *,
+        timeout: float | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.server = server or default_server()
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            self.server,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if tls or tls_ca or tls_cert or tls_key:
+            if (tls_cert is None) != (tls_key is None):
+                raise InvalidArgumentError("a client certificate needs both tls_cert and tls_key")
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read_file(tls_ca),
+                private_key=_read_file(tls_key),
+                certificate_chain=_read_file(tls_cert),
+            )
+            self._channel = grpc.secure_channel(self.server, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.server, options=options)
+        token = token or default_token()
+        if token:
+            self._channel = grpc.intercept_channel(self._channel, _BearerToken(token))
         self._blobs = pb_grpc.BlobsStub(self._channel)
         self._cache = pb_grpc.InstructionCacheStub(self._channel)
         self._admin = pb_grpc.AdminStub(self._channel)
@@ -147,43 +181,44 @@ class Client:
         dest: str | os.PathLike[str] | BinaryIO | None = None,
         *,
         progress: Progress | None = None,
+        namespace: str = "",
     ) -> bytes | None:
         """Downloads a whole blob, verifying its digest. Returns the bytes when
         no destination is given; otherwise writes to the path or stream."""
-        total = self.stat(digest).descriptor.size if progress else 0
+        total = self.stat(digest, namespace).descriptor.size if progress else 0
         if dest is None:
-            parts = list(self._verified(digest, total, progress))
+            parts = list(self._verified(digest, total, progress, namespace))
             return b"".join(parts)
         if isinstance(dest, (str, os.PathLike)):
             target = Path(dest)
             fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
             try:
                 with os.fdopen(fd, "wb") as out:
-                    for part in self._verified(digest, total, progress):
+                    for part in self._verified(digest, total, progress, namespace):
                         out.write(part)
                 os.replace(temp, target)
             except BaseException:
                 os.unlink(temp)
                 raise
             return None
-        for part in self._verified(digest, total, progress):
+        for part in self._verified(digest, total, progress, namespace):
             dest.write(part)
         return None
 
-    def read(self, digest: str, offset: int = 0, limit: int = 0) -> Iterator[bytes]:
+    def read(self, digest: str, offset: int = 0, limit: int = 0, namespace: str = "") -> Iterator[bytes]:
         """Streams a byte range of a blob (no whole-blob digest check)."""
         with translate():
             for response in self._blobs.Read(
-                pb.ReadRequest(digest=digest, offset=offset, limit=limit), timeout=self.timeout
+                pb.ReadRequest(digest=digest, offset=offset, limit=limit, namespace=namespace), timeout=self.timeout
             ):
                 yield response.data
 
-    def _verified(self, digest: str, total: int, progress: Progress | None) -> Iterator[bytes]:
+    def _verified(self, digest: str, total: int, progress: Progress | None, namespace: str) -> Iterator[bytes]:
         algorithm, _, expected = digest.partition(":")
         hasher = _BackgroundHasher(algorithm)
         done = 0
         try:
-            for data in self.read(digest):
+            for data in self.read(digest, namespace=namespace):
                 hasher.update(data)
                 done += len(data)
                 if progress:
@@ -194,14 +229,16 @@ class Client:
         if actual != expected:
             raise DataLossError(f"downloaded bytes of {digest} hash to {algorithm}:{actual}")
 
-    def find_missing(self, digests: Iterable[str]) -> list[str]:
+    def find_missing(self, digests: Iterable[str], namespace: str = "") -> list[str]:
+        """Digests the daemon lacks, or holds only where this caller may not read."""
+        request = pb.FindMissingRequest(digests=list(digests), namespace=namespace)
         with translate():
-            response = self._blobs.FindMissing(pb.FindMissingRequest(digests=list(digests)), timeout=self.timeout)
+            response = self._blobs.FindMissing(request, timeout=self.timeout)
         return list(response.missing)
 
-    def stat(self, digest: str) -> BlobInfo:
+    def stat(self, digest: str, namespace: str = "") -> BlobInfo:
         with translate():
-            info = self._blobs.Stat(pb.StatRequest(digest=digest), timeout=self.timeout)
+            info = self._blobs.Stat(pb.StatRequest(digest=digest, namespace=namespace), timeout=self.timeout)
         return BlobInfo(_descriptor(info.descriptor), info.created_unix_ms, info.last_access_unix_ms, info.chunks)
 
     # ------------------------------------------------------------------ instruction cache
@@ -344,3 +381,38 @@ def _seekable(stream: BinaryIO) -> bool:
         return stream.seekable()
     except (AttributeError, OSError):
         return False
+
+
+def _read_file(path: str | os.PathLike[str] | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor, grpc.StreamUnaryClientInterceptor
+):
+    """Adds `authorization: Bearer <token>` to every call's metadata."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(
+            details.method, details.timeout, [*(details.metadata or ()), self._header],
+            details.credentials, details.wait_for_ready, details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request_iterator)
+
+
+class _CallDetails(
+    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    grpc.ClientCallDetails,
+):
+    pass

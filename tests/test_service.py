@@ -37,17 +37,17 @@ class RecordingStore(BlobStore):
         super().__init__(config)
         self.calls: list[str] = []
 
-    def find_missing(self, digests):
+    def find_missing(self, digests, visible=None):
         self.calls.append("find_missing")
-        return super().find_missing(digests)
+        return super().find_missing(digests, visible)
 
-    def stat(self, digest):
+    def stat(self, digest, visible=None):
         self.calls.append("stat")
-        return super().stat(digest)
+        return super().stat(digest, visible)
 
-    def read(self, digest, offset=0, limit=0):
+    def read(self, digest, offset=0, limit=0, visible=None):
         self.calls.append("read")
-        return super().read(digest, offset, limit)
+        return super().read(digest, offset, limit, visible)
 
     def open_write(self, *args, **kwargs):
         self.calls.append("open_write")
