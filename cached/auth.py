@@ -41,6 +41,7 @@ class Principal:
     name: str
     roles: tuple[tuple[str, int], ...]  # (namespace glob, level)
     unrestricted: bool = False  # access control is off
+    anonymous: bool = False  # no token: a refusal says a token is needed
 
     def level(self, namespace: str) -> int:
         if self.unrestricted:
@@ -58,14 +59,19 @@ class Principal:
         if self.unrestricted:
             return
         if not namespace and level > READ:
-            raise PermissionDenied(f"{self.name} must name a namespace to {_VERBS[level]}")
+            raise self._refusal(f"{self.name} must name a namespace to {_VERBS[level]}")
         if namespace and not self.may(level, namespace):
-            raise PermissionDenied(f"{self.name} may not {_VERBS[level]} namespace {namespace!r}")
+            raise self._refusal(f"{self.name} may not {_VERBS[level]} namespace {namespace!r}")
 
     def require_admin(self) -> None:
         """Daemon-wide operations (Stats, Verify) need admin on every namespace."""
         if not self.unrestricted and not any(p == EVERYTHING and lvl >= ADMIN for p, lvl in self.roles):
-            raise PermissionDenied(f"{self.name} is not an administrator of this cache (admin role on {EVERYTHING!r})")
+            raise self._refusal(f"{self.name} is not an administrator of this cache (admin role on {EVERYTHING!r})")
+
+    def _refusal(self, message: str) -> Exception:
+        if self.anonymous:
+            return Unauthenticated(f"{message}; this needs a bearer token")
+        return PermissionDenied(message)
 
 
 OPEN = Principal("anyone", (), unrestricted=True)
@@ -79,7 +85,7 @@ class Authorizer:
             for token in config.tokens
         }
         self._anonymous = (
-            Principal("anonymous caller", tuple((pattern, READ) for pattern in config.anonymous_read))
+            Principal("an anonymous caller", tuple((pattern, READ) for pattern in config.anonymous_read), anonymous=True)
             if config.anonymous_read
             else None
         )
