@@ -192,7 +192,10 @@ class Packs:
         total = 0
         for name in os.listdir(self.directory):
             if _PACK_NAME.fullmatch(name):
-                total += os.stat(self.directory / name).st_size
+                try:
+                    total += os.stat(self.directory / name).st_size
+                except FileNotFoundError:
+                    continue  # compacted away since the listing
         return total
 
     def _open_reader(self, pack_id: int) -> _Reader:

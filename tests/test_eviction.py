@@ -7,10 +7,12 @@ a 100 MiB bound under a writer and concurrent readers.
 
 from __future__ import annotations
 
+import collections
 import os
+import random
 import subprocess
 import threading
-from pathlib import Path
+import time
 
 import pytest
 
@@ -22,6 +24,8 @@ from cached.eviction import Evictor
 from cached.index import ChunkRecord
 from cached.records import InstructionCache
 from cached.store import BlobStore
+from client import LayercacheError
+from client.errors import NotFoundError
 from tests.test_store_contract import assert_counters_consistent
 
 MiB = 1 << 20
@@ -207,3 +211,99 @@ def test_a_full_disk_gives_store_full_and_loses_nothing(tiny_disk):
         assert_counters_consistent(store)
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- the real daemon under load
+
+BOUND = 100 * MiB
+BLOB = MiB
+
+
+def seeded(seed: int) -> bytes:
+    return random.Random(seed).randbytes(BLOB)
+
+
+def test_a_bounded_daemon_under_a_writer_and_readers_of_evicted_blobs(daemon_factory, tmp_path):
+    config = tmp_path / "bounded.toml"
+    config.write_text(f"[store]\nmax_bytes = {BOUND}\n")
+    daemon = daemon_factory(["--config", str(config)])
+    written: list[str] = []  # digest of step i, in order
+    problems: list[str] = []
+    stored_peaks: list[int] = []
+    outcomes = collections.Counter()
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            with daemon.client(timeout=60) as client:
+                for i in range(400):  # 400 MiB of distinct blobs through a 100 MiB bound
+                    desc = client.put(seeded(i), namespace="ci/app")
+                    client.record("ci/app", f"step-{i}", [desc])
+                    written.append(desc.digest)
+        except Exception as exc:
+            problems.append(f"writer: {exc!r}")
+        finally:
+            done.set()
+
+    def reader(worker: int) -> None:
+        rng = random.Random(worker)
+        with daemon.client(timeout=60) as client:
+            while not done.is_set():
+                if not written:
+                    continue
+                i = rng.randrange(len(written))
+                try:
+                    result = client.lookup("ci/app", [f"step-{i}"])
+                    if result.hits:
+                        # A hit's blob is there: the lookup made it the newest.
+                        client.stat(written[i], "ci/app")
+                        outcomes["hit"] += 1
+                    data = client.get(written[i], namespace="ci/app")  # verified against its digest
+                    if data != seeded(i):
+                        problems.append(f"read of step {i} returned other bytes")
+                    outcomes["read"] += 1
+                except NotFoundError:
+                    outcomes["absent"] += 1
+                except LayercacheError as exc:
+                    problems.append(f"reader {worker}, step {i}: {exc.code} {exc}")
+
+    def monitor() -> None:
+        with daemon.client(timeout=60) as client:
+            while not done.is_set():
+                try:
+                    stored_peaks.append(client.stats().stored_bytes)
+                except LayercacheError as exc:
+                    problems.append(f"stats: {exc.code} {exc}")
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=monitor)]
+    threads += [threading.Thread(target=reader, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not problems, problems[:10]
+    assert len(written) == 400
+    assert max(stored_peaks) <= BOUND + BLOB + 4096
+    assert outcomes["hit"] > 0 and outcomes["read"] > 0 and outcomes["absent"] > 0, outcomes
+    with daemon.client(timeout=60) as client:
+        stats = client.stats()
+        assert stats.stored_bytes <= BOUND and stats.evictions >= 300
+        # The background brings stored bytes under the low watermark; then
+        # about that many blobs are left, the newest among them, and an entry
+        # survives exactly as long as its blob.
+        deadline = time.monotonic() + 30
+        while client.stats().stored_bytes > 0.9 * BOUND and time.monotonic() < deadline:
+            time.sleep(0.2)
+        missing = set(client.find_missing(written, "ci/app"))
+        assert 80 <= len(written) - len(missing) <= 100 and written[-1] not in missing
+        for i, digest in enumerate(written):
+            recorded = client.lookup("ci/app", [f"step-{i}"]).miss_reason == "none"
+            assert recorded == (digest not in missing), i
+        # Compaction gives the disk back: dead space stays below the configured share.
+        deadline = time.monotonic() + 30
+        while client.stats().pack_bytes > 2 * BOUND and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert client.stats().pack_bytes <= 2 * BOUND
+    log = daemon.log()
+    assert "Traceback" not in log and " ERROR " not in log
