@@ -55,6 +55,13 @@ class NamespaceTraffic:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyUsage:
+    namespace: str
+    key: str
+    hits: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStats:
     blobs: int
     chunks: int

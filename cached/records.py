@@ -138,7 +138,7 @@ class InstructionCache:
             if absent:
                 hits, reason, missing = hits[:position], "blob_missing", absent
                 break
-        self.store.traffic.add_lookup(namespace, len(hits), reason != "none")
+        self.store.traffic.add_lookup(namespace, len(hits), reason != "none", [(e.namespace, e.key) for e in hits])
         return LookupResult(hits, reason, missing)
 
     def _walk(self, txn: lmdb.Transaction, namespace: str, keys: list[str]) -> LookupResult:

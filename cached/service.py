@@ -26,6 +26,7 @@ from client.proto import layercache_pb2 as pb
 from client.proto import layercache_pb2_grpc as pb_grpc
 
 F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_TOP_KEYS = 10
 
 
 def _abort(context: grpc.ServicerContext, exc: LayercacheError) -> None:
@@ -221,6 +222,10 @@ class AdminService(pb_grpc.AdminServicer):
             ],
             evictions=stats.evictions,
             max_bytes=stats.max_bytes,
+            top_keys=[
+                pb.KeyUsage(namespace=k.namespace, key=k.key, hits=k.hits)
+                for k in self.store.traffic.top_keys(request.top_keys or DEFAULT_TOP_KEYS)
+            ],
         )
 
     @rpc

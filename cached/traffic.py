@@ -4,17 +4,24 @@ They change on every request, so they are not written to LMDB per request:
 a synced LMDB commit costs milliseconds. The store persists a snapshot every
 few seconds and on shutdown; a crash loses at most that window of counts,
 never data.
+
+Hits per instruction-cache key (the most used keys of `layercache stats`) are
+counted since the daemon started and not persisted. The table is bounded:
+when it is full, the less used half is forgotten, so keys that stay popular
+stay in it.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 
-from cached.model import NamespaceTraffic
+from cached.model import KeyUsage, NamespaceTraffic
 
 _FIELDS = ("lookups", "hits", "misses")
+MAX_TRACKED_KEYS = 100_000
 
 
 class Traffic:
@@ -23,18 +30,27 @@ class Traffic:
         self.bytes_in = 0
         self.bytes_out = 0
         self._namespaces: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_FIELDS, 0))
+        self._key_hits: Counter[tuple[str, str]] = Counter()
 
     def add_bytes(self, incoming: int = 0, outgoing: int = 0) -> None:
         with self._lock:
             self.bytes_in += incoming
             self.bytes_out += outgoing
 
-    def add_lookup(self, namespace: str, hits: int, missed: bool) -> None:
+    def add_lookup(self, namespace: str, hits: int, missed: bool, hit_keys: Sequence[tuple[str, str]] = ()) -> None:
+        """Counts a lookup; `hit_keys` are the (namespace, key) of its hits."""
         with self._lock:
             counts = self._namespaces[namespace]
             counts["lookups"] += hits + int(missed)
             counts["hits"] += hits
             counts["misses"] += int(missed)
+            self._key_hits.update(hit_keys)
+            if len(self._key_hits) > MAX_TRACKED_KEYS:
+                self._key_hits = Counter(dict(self._key_hits.most_common(MAX_TRACKED_KEYS // 2)))
+
+    def top_keys(self, limit: int) -> list[KeyUsage]:
+        with self._lock:
+            return [KeyUsage(ns, key, hits) for (ns, key), hits in self._key_hits.most_common(limit)]
 
     def totals(self) -> dict[str, int]:
         with self._lock:

@@ -160,7 +160,7 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        stats = client.stats()
+        stats = client.stats(args.top)
     if args.json:
         _print_json(dataclasses.asdict(stats))
         return 0
@@ -169,7 +169,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         ("blobs", f"{stats.blobs:,}"),
         ("chunks", f"{stats.chunks:,}"),
         ("logical bytes", _size(stats.logical_bytes)),
-        ("stored bytes", _size(stats.stored_bytes)),
+        ("stored bytes", _size(stats.stored_bytes) + (f" (bound {_size(stats.max_bytes)})" if stats.max_bytes else "")),
         ("dedup ratio", f"{stats.dedup_ratio:.2f}x"),
         ("pack files", _size(stats.pack_bytes)),
         ("records", f"{stats.records:,}"),
@@ -183,6 +183,10 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     for ns in stats.namespaces:
         ns_rate = f"{100 * ns.hits / ns.lookups:.1f}%" if ns.lookups else "n/a"
         print(f"  {ns.namespace}: {ns.records} records, {ns.lookups} lookups, {ns.hits} hits, {ns.misses} misses ({ns_rate})")
+    if stats.top_keys:
+        print("most used keys")
+        for usage in stats.top_keys:
+            print(f"  {usage.hits:>8,} hits  {usage.namespace} {usage.key}")
     return 0
 
 
@@ -256,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = command("stats", _cmd_stats, "show cache statistics")
     stats.add_argument("--json", action="store_true")
+    stats.add_argument("--top", type=int, default=10, metavar="N", help="show the N most used keys (default: %(default)s)")
 
     verify = command("verify", _cmd_verify, "re-hash stored blobs and report problems")
     verify.add_argument("--sample", type=float, default=0.0, help="fraction of blobs to check (default: all)")

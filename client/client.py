@@ -34,6 +34,7 @@ from client.types import (
     BlobInfo,
     CacheEntry,
     Descriptor,
+    KeyUsage,
     LookupResult,
     NamespaceStats,
     Stats,
@@ -279,9 +280,10 @@ class Client:
 
     # ------------------------------------------------------------------ admin
 
-    def stats(self) -> Stats:
+    def stats(self, top_keys: int = 10) -> Stats:
+        """Daemon statistics, with the `top_keys` most hit instruction-cache keys."""
         with translate():
-            r = self._admin.Stats(pb.StatsRequest(), timeout=self.timeout)
+            r = self._admin.Stats(pb.StatsRequest(top_keys=top_keys), timeout=self.timeout)
         return Stats(
             blobs=r.blobs,
             chunks=r.chunks,
@@ -299,6 +301,7 @@ class Client:
             evictions=r.evictions,
             max_bytes=r.max_bytes,
             namespaces=[NamespaceStats(n.namespace, n.records, n.lookups, n.hits, n.misses) for n in r.namespaces],
+            top_keys=[KeyUsage(k.namespace, k.key, k.hits) for k in r.top_keys],
         )
 
     def verify(self, sample_fraction: float = 0.0) -> VerifyReport:

@@ -51,6 +51,15 @@ class NamespaceStats:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyUsage:
+    """An instruction-cache key and its hits since the daemon started."""
+
+    namespace: str
+    key: str
+    hits: int
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     blobs: int
     chunks: int
@@ -68,6 +77,7 @@ class Stats:
     evictions: int
     max_bytes: int
     namespaces: list[NamespaceStats]
+    top_keys: list[KeyUsage] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

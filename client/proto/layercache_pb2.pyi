@@ -196,8 +196,20 @@ class ListEntriesResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[CacheEntry, _Mapping]]] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("top_keys",)
+    TOP_KEYS_FIELD_NUMBER: _ClassVar[int]
+    top_keys: int
+    def __init__(self, top_keys: _Optional[int] = ...) -> None: ...
+
+class KeyUsage(_message.Message):
+    __slots__ = ("namespace", "key", "hits")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    key: str
+    hits: int
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[str] = ..., hits: _Optional[int] = ...) -> None: ...
 
 class NamespaceStats(_message.Message):
     __slots__ = ("namespace", "records", "lookups", "hits", "misses")
@@ -214,7 +226,7 @@ class NamespaceStats(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., records: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("blobs", "chunks", "logical_bytes", "stored_bytes", "dedup_ratio", "records", "lookups", "hits", "misses", "bytes_in", "bytes_out", "uptime_seconds", "pack_bytes", "namespaces", "evictions", "max_bytes")
+    __slots__ = ("blobs", "chunks", "logical_bytes", "stored_bytes", "dedup_ratio", "records", "lookups", "hits", "misses", "bytes_in", "bytes_out", "uptime_seconds", "pack_bytes", "namespaces", "evictions", "max_bytes", "top_keys")
     BLOBS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     LOGICAL_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +243,7 @@ class StatsResponse(_message.Message):
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOP_KEYS_FIELD_NUMBER: _ClassVar[int]
     blobs: int
     chunks: int
     logical_bytes: int
@@ -247,7 +260,8 @@ class StatsResponse(_message.Message):
     namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStats]
     evictions: int
     max_bytes: int
-    def __init__(self, blobs: _Optional[int] = ..., chunks: _Optional[int] = ..., logical_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., dedup_ratio: _Optional[float] = ..., records: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., pack_bytes: _Optional[int] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., evictions: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    top_keys: _containers.RepeatedCompositeFieldContainer[KeyUsage]
+    def __init__(self, blobs: _Optional[int] = ..., chunks: _Optional[int] = ..., logical_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., dedup_ratio: _Optional[float] = ..., records: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., pack_bytes: _Optional[int] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., evictions: _Optional[int] = ..., max_bytes: _Optional[int] = ..., top_keys: _Optional[_Iterable[_Union[KeyUsage, _Mapping]]] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("sample_fraction",)
