@@ -99,15 +99,27 @@ class InstructionCache:
         cursor = txn.cursor(db=refs)
         ekeys = list(cursor.iternext_dup(keys=False)) if cursor.set_key(blob.key) else []
         for ekey in ekeys:
-            raw = txn.get(ekey, db=self.index.db["records"])
-            if raw is None:
-                continue
-            namespace, _, key = ekey.partition(b"\0")
-            self._unlink(txn, ekey, _decode(namespace.decode(), key.decode(), raw))
-            txn.delete(ekey, db=self.index.db["records"])
-            self.index.add(txn, "records", -1)
-            self.index.add(txn, "records:" + namespace.decode(), -1)
+            self._remove(txn, ekey)
         return len(ekeys)
+
+    def delete(self, namespace: str, keys: list[str]) -> int:
+        """Removes the entries of `keys` that exist; returns how many did."""
+        check_namespace(namespace)
+        for key in keys:
+            check_key(key)
+        with self.index.write() as txn:
+            return sum(self._remove(txn, entry_key(namespace, key)) for key in keys)
+
+    def _remove(self, txn: lmdb.Transaction, ekey: bytes) -> bool:
+        raw = txn.get(ekey, db=self.index.db["records"])
+        if raw is None:
+            return False
+        namespace, _, key = ekey.partition(b"\0")
+        self._unlink(txn, ekey, _decode(namespace.decode(), key.decode(), raw))
+        txn.delete(ekey, db=self.index.db["records"])
+        self.index.add(txn, "records", -1)
+        self.index.add(txn, "records:" + namespace.decode(), -1)
+        return True
 
     def lookup(self, namespace: str, keys: list[str], fallback: Sequence[str] = ()) -> LookupResult:
         """Walks the chain in `namespace`, then in each `fallback` namespace
@@ -144,19 +156,55 @@ class InstructionCache:
     def _walk(self, txn: lmdb.Transaction, namespace: str, keys: list[str]) -> LookupResult:
         hits: list[CacheEntry] = []
         reason, missing = "none", []
-        blobs = txn.cursor(db=self.index.db["blobs"])
         for key in keys:
-            raw = txn.get(entry_key(namespace, key), db=self.index.db["records"])
-            if raw is None:
-                reason = "not_recorded"
-                break
-            entry = _decode(namespace, key, raw)
-            missing = [d.digest for d in entry.layers if not d.digest.is_empty_blob and not blobs.set_key(d.digest.key)]
-            if missing:
-                reason = "blob_missing"
+            entry, reason, missing = self._complete_entry(txn, namespace, key)
+            if entry is None:
                 break
             hits.append(entry)
         return LookupResult(hits, reason, missing)
+
+    def peek(self, namespace: str, key: str) -> CacheEntry | None:
+        """The entry if it is complete, like a hit, but not counted as a lookup
+        (the OCI endpoint fetching a manifest by digest rather than by tag)."""
+        check_namespace(namespace)
+        check_key(key)
+        with self.index.read() as txn:
+            entry, _, _ = self._complete_entry(txn, namespace, key)
+        # As in lookup: a blob evicted before the touch makes it a miss.
+        if entry is not None and self.store.touch(d.digest for d in entry.layers):
+            return None
+        return entry
+
+    def _complete_entry(self, txn: lmdb.Transaction, namespace: str, key: str) -> tuple[CacheEntry | None, str, list[Digest]]:
+        """(entry, "none", []) when recorded and every blob is present, else (None, reason, missing)."""
+        raw = txn.get(entry_key(namespace, key), db=self.index.db["records"])
+        if raw is None:
+            return None, "not_recorded", []
+        entry = _decode(namespace, key, raw)
+        blobs = txn.cursor(db=self.index.db["blobs"])
+        missing = [d.digest for d in entry.layers if not d.digest.is_empty_blob and not blobs.set_key(d.digest.key)]
+        if missing:
+            return None, "blob_missing", missing
+        return entry, "none", []
+
+    def keys(self, namespace: str, after: str, limit: int) -> list[str]:
+        """Up to `limit` keys of `namespace` sorted bytewise, starting after `after`."""
+        check_namespace(namespace)
+        if not 0 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidArgument(f"limit must be within [0, {MAX_LIST_LIMIT}]")
+        prefix = namespace.encode() + b"\0"
+        found: list[str] = []
+        with self.index.read() as txn:
+            cursor = txn.cursor(db=self.index.db["records"])
+            if not cursor.set_range(prefix + after.encode()):
+                return found
+            for ekey in cursor.iternext(values=False):
+                if len(found) >= limit or not ekey.startswith(prefix):
+                    break
+                key = ekey[len(prefix) :].decode()
+                if key != after:
+                    found.append(key)
+        return found
 
     def list_entries(self, namespace: str, metadata_equals: dict[str, str], limit: int) -> list[CacheEntry]:
         check_namespace(namespace)

@@ -1,4 +1,4 @@
-"""Builds and runs the daemon: gRPC services, health, reflection, signals.
+"""Builds and runs the daemon: gRPC services, health, reflection, the OCI endpoint, signals.
 
 `create_server` binds and returns the server and its port without starting
 it, so in-process tests can use port 0; `serve` is the `layercache serve`
@@ -32,9 +32,10 @@ from prometheus_client import CollectorRegistry
 from cached import logs
 from cached.auth import Authorizer
 from cached.compaction import Compactor
-from cached.config import Config, ConfigError
+from cached.config import DEFAULT_HTTP_LISTEN, Config, ConfigError
 from cached.eviction import Evictor
 from cached.metrics import CallObserver, MetricsServer, StoreCollector
+from cached.oci import RegistryServer
 from cached.records import InstructionCache
 from cached.service import AdminService, BlobsService, InstructionCacheService
 from cached.store import BlobStore
@@ -55,11 +56,14 @@ class Daemon:
     server: grpc.Server
     health: health.HealthServicer
     port: int
+    registry: RegistryServer | None = None
     workers: list[Worker] = field(default_factory=list)
     metrics_port: int = 0
 
     def start(self) -> None:
         self.server.start()
+        if self.registry is not None:
+            self.registry.start()
         for worker in self.workers:
             worker.start()
         for name in ("", *SERVICE_NAMES):
@@ -68,7 +72,10 @@ class Daemon:
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         # Readiness first, so load balancers stop routing here while calls drain.
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        grpc_stopped = self.server.stop(grace)
+        if self.registry is not None:
+            self.registry.stop(grace)
+        grpc_stopped.wait()
         for worker in self.workers:
             worker.close()
         self.store.close()
@@ -117,10 +124,26 @@ def create_daemon(config: Config, store: BlobStore | None = None) -> Daemon:
                 raise ConfigError(f"cannot listen on {config.server.metrics_listen} for metrics: {exc}") from None
             workers.append(endpoint)
             metrics_port = endpoint.port
+        registry = _registry(config, store, cache)
     except ConfigError:
         store.close()
         raise
-    return Daemon(store, cache, server, health_servicer, port, workers, metrics_port)
+    return Daemon(store, cache, server, health_servicer, port, registry, workers, metrics_port)
+
+
+def _registry(config: Config, store: BlobStore, cache: InstructionCache) -> RegistryServer | None:
+    if not config.http.enabled:
+        return None
+    try:
+        return RegistryServer(config.http, store, cache)
+    except ConfigError as exc:
+        # The endpoint is on by default for convenience: its default port
+        # held by someone else (a registry, another daemon) must not stop the
+        # gRPC service. An address chosen on purpose has to work.
+        if config.http.listen != DEFAULT_HTTP_LISTEN:
+            raise
+        print(f"layercache: OCI endpoint not started: {exc} (choose one with --http-listen HOST:PORT, or off)", file=sys.stderr, flush=True)
+        return None
 
 
 def serve(config: Config) -> int:
@@ -131,6 +154,10 @@ def serve(config: Config) -> int:
     if daemon.metrics_port:
         metrics_host = config.server.metrics_listen.rpartition(":")[0]
         print(f"layercache: serving metrics on {metrics_host}:{daemon.metrics_port}", flush=True)
+    # The gRPC line comes last: whoever waits for it knows both are up.
+    if daemon.registry is not None:
+        http_host = config.http.listen.rpartition(":")[0]
+        print(f"layercache: serving OCI distribution on {http_host}:{daemon.registry.port}", flush=True)
     print(f"layercache: serving gRPC on {host}:{daemon.port} (data in {config.store.data_dir})", flush=True)
     stopping = threading.Event()
 

@@ -1,6 +1,6 @@
 """`layercache`: run the daemon and talk to it.
 
-    layercache serve [--listen HOST:PORT] [--data-dir DIR] [--config FILE.toml]
+    layercache serve [--listen HOST:PORT] [--http-listen HOST:PORT|off] [--data-dir DIR] [--config FILE.toml]
     layercache put FILE [--media-type T] [--namespace NS]     prints the digest
     layercache get DIGEST -o FILE
     layercache stat DIGEST
@@ -99,6 +99,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             args.config,
             listen=args.listen,
             data_dir=args.data_dir,
+            http_listen=args.http_listen,
             server_flags={"metrics_listen": args.metrics_listen, "log_format": args.log_format},
         )
         return serve(config)
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = command("serve", _cmd_serve, "run the daemon")
     serve.add_argument("--listen", help="gRPC address HOST:PORT (default 127.0.0.1:50051)")
+    serve.add_argument("--http-listen", help="OCI distribution (registry) address HOST:PORT, or off (default 127.0.0.1:5000)")
     serve.add_argument("--data-dir", type=Path, help="store directory (default: per-user data dir)")
     serve.add_argument("--config", type=Path, help="TOML configuration file")
     serve.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT (default: off)")

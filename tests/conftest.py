@@ -23,6 +23,7 @@ from client import Client
 
 REPO = Path(__file__).resolve().parent.parent
 _ANNOUNCE = re.compile(r"serving gRPC on (\S+)")
+_ANNOUNCE_HTTP = re.compile(r"serving OCI distribution on (\S+)")
 START_TIMEOUT = 30.0
 
 
@@ -33,6 +34,7 @@ class DaemonProcess:
         self.extra_args = list(extra_args or [])
         self.process: subprocess.Popen[str] | None = None
         self.address = ""
+        self.http_address = ""  # empty when started with --http-listen off
         self.lines: list[str] = []
         self._starts = 0
 
@@ -40,7 +42,10 @@ class DaemonProcess:
         self._starts += 1
         stderr = open(self.log_dir / f"daemon-{self._starts}.log", "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir), *self.extra_args],
+            [
+                sys.executable, "-m", "client.cli", "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+                "--data-dir", str(self.data_dir), *self.extra_args,
+            ],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -54,6 +59,10 @@ class DaemonProcess:
             if not line:
                 break
             self.lines.append(line)
+            # The OCI endpoint is announced (unless it is off) before the gRPC line.
+            match = _ANNOUNCE_HTTP.search(line)
+            if match:
+                self.http_address = match.group(1)
             match = _ANNOUNCE.search(line)
             if match:
                 self.address = match.group(1)

@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from cached.config import Config, ServerConfig, StoreConfig
+from cached.config import Config, HttpConfig, ServerConfig, StoreConfig
 from cached.server import create_daemon
 from cached.store import BlobStore
 from client import Client, Descriptor
@@ -56,7 +56,7 @@ class RecordingStore(BlobStore):
 
 @pytest.fixture
 def running(tmp_path):
-    config = Config(StoreConfig(data_dir=tmp_path / "data"), ServerConfig(listen="127.0.0.1:0"))
+    config = Config(StoreConfig(data_dir=tmp_path / "data"), ServerConfig(listen="127.0.0.1:0"), HttpConfig(listen="off"))
     store = RecordingStore(config.store)
     daemon = create_daemon(config, store)
     daemon.start()
