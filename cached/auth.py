@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from cached.config import ROLES, AuthConfig
 from cached.errors import PermissionDenied, Unauthenticated
@@ -32,6 +33,18 @@ LEVELS = {name: level for level, name in enumerate(ROLES, start=1)}
 READ, WRITE, ADMIN = LEVELS["read"], LEVELS["write"], LEVELS["admin"]
 _VERBS = {READ: "read", WRITE: "write to", ADMIN: "administer"}
 EVERYTHING = "*"
+OCI_ACTIONS = {"pull": READ, "push": WRITE, "delete": WRITE}
+
+
+class HeaderLookup(Protocol):
+    def get(self, name: str) -> str | None: ...
+
+
+class RepositoryAccess(Protocol):
+    """What an OCI request needs: an action (pull, push, delete) on a repository."""
+
+    repository: str
+    action: str
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,20 @@ class Authorizer:
         principal = self._by_hash.get(hashlib.sha256(token.strip().encode()).digest())
         if principal is None:
             raise Unauthenticated("the bearer token is not one this cache knows")
+        return principal
+
+    def authorize_oci(self, headers: HeaderLookup, accesses: Iterable[RepositoryAccess]) -> Principal:
+        """The one check of the OCI endpoint, per request and so per upload
+        step (start, each chunk, finish, mount): every access must be allowed.
+        pull needs read, push and delete need write. A refusal for lack of a
+        token carries the WWW-Authenticate header clients expect with a 401."""
+        try:
+            principal = self.authenticate(headers.get("Authorization"))
+            for access in accesses:
+                principal.require(OCI_ACTIONS[access.action], access.repository)
+        except Unauthenticated as exc:
+            exc.headers = {"WWW-Authenticate": 'Bearer realm="layercache"'}  # type: ignore[attr-defined]
+            raise
         return principal
 
     def read_scope(self, namespace: str) -> tuple[str, ...]:

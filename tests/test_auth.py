@@ -310,3 +310,26 @@ def test_bad_auth_config_is_refused_with_a_clear_error(tmp_path, text, complaint
     path.write_text(text)
     with pytest.raises(ConfigError, match=complaint):
         load(path)
+
+
+class OciAccess:
+    """What the OCI endpoint asks for: a plain stand-in for its Access."""
+
+    def __init__(self, repository: str, action: str) -> None:
+        self.repository = repository
+        self.action = action
+
+
+def test_the_oci_seam_checks_every_access_of_a_request(tmp_path):
+    auth = authorizer(CONFIG, tmp_path)
+    team_a = {"Authorization": f"Bearer {TOKENS['team-a']}"}
+    assert auth.authorize_oci(team_a, [OciAccess("team-a/app", "push")]).name == "team-a"
+    # A cross-repository mount needs push on the target and pull on the source.
+    auth.authorize_oci(team_a, [OciAccess("team-a/app", "push"), OciAccess("public/base", "pull")])
+    with pytest.raises(PermissionDenied, match="team-b/app"):
+        auth.authorize_oci(team_a, [OciAccess("team-a/app", "push"), OciAccess("team-b/app", "pull")])
+    with pytest.raises(PermissionDenied):
+        auth.authorize_oci({"Authorization": f"Bearer {TOKENS['reader']}"}, [OciAccess("team-a/app", "push")])
+    with pytest.raises(Unauthenticated) as refused:
+        auth.authorize_oci({}, [OciAccess("team-a/app", "pull")])
+    assert refused.value.headers == {"WWW-Authenticate": 'Bearer realm="layercache"'}

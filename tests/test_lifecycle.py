@@ -10,6 +10,7 @@ import time
 import grpc
 import pytest
 
+from cached.config import load
 from client.errors import UnavailableError
 from client.proto import layercache_pb2 as pb
 from client.proto import layercache_pb2_grpc as pb_grpc
@@ -98,8 +99,6 @@ def test_calls_still_running_at_the_deadline_are_cut_off_and_leave_nothing(daemo
 
 
 def test_the_deployment_example_config_is_valid(tmp_path):
-    from cached.config import load
-
     example = tmp_path / "layercache.toml"
     example.write_text((REPO / "deploy" / "layercache.toml").read_text())
     (tmp_path / "tokens.toml").write_text('[[tokens]]\nname = "ci"\ntoken = "0123456789abcdefghij"\nroles = { "*" = "write" }\n')
