@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
+import time
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
@@ -35,7 +37,7 @@ from cached.digest import Digest
 from cached.errors import InvalidArgument, InvalidDigest, LayercacheError, Unsupported
 from cached.names import check_namespace
 from cached.oci.access import DELETE, PULL, PUSH, Access
-from cached.oci.bodies import Body
+from cached.oci.bodies import PIECE, Body
 from cached.oci.errors import (
     EndpointUnknown,
     ManifestTooLarge,
@@ -58,6 +60,9 @@ log = logging.getLogger(__name__)
 API_VERSION = "registry/2.0"
 # An idle keep-alive connection is closed after this long.
 IDLE_TIMEOUT_SECONDS = 300
+# A refused request's unread body is drained this far before closing.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 << 20
 
 _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/v2/?"), "base"),
@@ -107,6 +112,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
                 # Unread request bytes would be taken for the next request.
                 if self._body is None or not self._body.finished:
                     self.close_connection = True
+                    self._linger()
 
     def _route(self, path: str) -> tuple[Callable[..., None], dict[str, str]]:
         for pattern, kind in _ROUTES:
@@ -310,6 +316,25 @@ class RegistryHandler(BaseHTTPRequestHandler):
             return
         body = json.dumps({"errors": [{"code": oci_code(exc), "message": str(exc), "detail": {}}]}).encode()
         self._respond(status, {"Content-Type": "application/json", **extra_headers(exc)}, body)
+
+    def _linger(self) -> None:
+        """Reads and drops what the client is still sending, for a while, before
+        the connection closes: closing on unread bytes resets the connection,
+        and a client still writing its body would lose the answer explaining
+        why it was refused."""
+        deadline = time.monotonic() + LINGER_SECONDS
+        dropped = 0
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            while dropped < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                piece = self.rfile.read1(PIECE)
+                if not piece:
+                    break
+                dropped += len(piece)
+        except OSError:
+            pass  # gone or timed out: either way, done
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s " + format, self.address_string(), *args)
