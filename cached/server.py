@@ -124,18 +124,18 @@ def create_daemon(config: Config, store: BlobStore | None = None) -> Daemon:
                 raise ConfigError(f"cannot listen on {config.server.metrics_listen} for metrics: {exc}") from None
             workers.append(endpoint)
             metrics_port = endpoint.port
-        registry = _registry(config, store, cache)
+        registry = _registry(config, store, cache, auth)
     except ConfigError:
         store.close()
         raise
     return Daemon(store, cache, server, health_servicer, port, registry, workers, metrics_port)
 
 
-def _registry(config: Config, store: BlobStore, cache: InstructionCache) -> RegistryServer | None:
+def _registry(config: Config, store: BlobStore, cache: InstructionCache, auth: Authorizer) -> RegistryServer | None:
     if not config.http.enabled:
         return None
     try:
-        return RegistryServer(config.http, store, cache)
+        return RegistryServer(config.http, store, cache, auth.authorize_oci)
     except ConfigError as exc:
         # The endpoint is on by default for convenience: its default port
         # held by someone else (a registry, another daemon) must not stop the
