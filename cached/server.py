@@ -154,11 +154,10 @@ def serve(config: Config) -> int:
     if daemon.metrics_port:
         metrics_host = config.server.metrics_listen.rpartition(":")[0]
         print(f"layercache: serving metrics on {metrics_host}:{daemon.metrics_port}", flush=True)
-    # The gRPC line comes last: whoever waits for it knows both are up.
+    print(f"layercache: serving gRPC on {host}:{daemon.port} (data in {config.store.data_dir})", flush=True)
     if daemon.registry is not None:
         http_host = config.http.listen.rpartition(":")[0]
         print(f"layercache: serving OCI distribution on {http_host}:{daemon.registry.port}", flush=True)
-    print(f"layercache: serving gRPC on {host}:{daemon.port} (data in {config.store.data_dir})", flush=True)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -40,6 +40,7 @@ class DaemonProcess:
 
     def start(self) -> DaemonProcess:
         self._starts += 1
+        self.address = self.http_address = ""
         stderr = open(self.log_dir / f"daemon-{self._starts}.log", "w")
         self.process = subprocess.Popen(
             [
@@ -59,16 +60,23 @@ class DaemonProcess:
             if not line:
                 break
             self.lines.append(line)
-            # The OCI endpoint is announced (unless it is off) before the gRPC line.
-            match = _ANNOUNCE_HTTP.search(line)
-            if match:
-                self.http_address = match.group(1)
             match = _ANNOUNCE.search(line)
             if match:
                 self.address = match.group(1)
+            match = _ANNOUNCE_HTTP.search(line)
+            if match:
+                self.http_address = match.group(1)
+            # The OCI endpoint is announced after gRPC, unless it is off.
+            if self.address and (self.http_address or not self.http_enabled):
                 return self
         self.process.kill()
         raise RuntimeError(f"daemon did not start: {self.lines} {self.log().strip()[-2000:]}")
+
+    @property
+    def http_enabled(self) -> bool:
+        # Flags win over the config file, and the last --http-listen wins.
+        values = [v for flag, v in zip(self.extra_args, self.extra_args[1:]) if flag == "--http-listen"]
+        return not values or values[-1] != "off"
 
     def log(self) -> str:
         return "".join(p.read_text() for p in sorted(self.log_dir.glob("daemon-*.log")))
