@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -121,11 +121,13 @@ class Authorizer:
             raise Unauthenticated("the bearer token is not one this cache knows")
         return principal
 
-    def authorize_oci(self, headers: HeaderLookup, accesses: Iterable[RepositoryAccess]) -> Principal:
+    def authorize_oci(self, headers: HeaderLookup, accesses: Sequence[RepositoryAccess]) -> Visible | None:
         """The one check of the OCI endpoint, per request and so per upload
         step (start, each chunk, finish, mount): every access must be allowed.
-        pull needs read, push and delete need write. A refusal for lack of a
-        token carries the WWW-Authenticate header clients expect with a 401."""
+        pull needs read, push and delete need write. Returns what the caller
+        may see of the blobs when asking in the request's repository (the
+        first access). A refusal for lack of a token carries the
+        WWW-Authenticate header clients expect with a 401."""
         try:
             principal = self.authenticate(headers.get("Authorization"))
             for access in accesses:
@@ -133,7 +135,7 @@ class Authorizer:
         except Unauthenticated as exc:
             exc.headers = {"WWW-Authenticate": 'Bearer realm="layercache"'}  # type: ignore[attr-defined]
             raise
-        return principal
+        return self.visibility(principal, accesses[0].repository if accesses else "")
 
     def read_scope(self, namespace: str) -> tuple[str, ...]:
         """`namespace` followed by the namespaces it falls back to for reads."""

@@ -28,6 +28,7 @@ from client.errors import (
 from client.proto import layercache_pb2 as pb
 from client.proto import layercache_pb2_grpc as pb_grpc
 from tests.conftest import REPO, DaemonProcess
+from tests.oci_support import Registry, sha256
 
 TOKENS = {
     "team-a": "token-team-a-0123456789",
@@ -323,7 +324,8 @@ class OciAccess:
 def test_the_oci_seam_checks_every_access_of_a_request(tmp_path):
     auth = authorizer(CONFIG, tmp_path)
     team_a = {"Authorization": f"Bearer {TOKENS['team-a']}"}
-    assert auth.authorize_oci(team_a, [OciAccess("team-a/app", "push")]).name == "team-a"
+    sees = auth.authorize_oci(team_a, [OciAccess("team-a/app", "push")])
+    assert sees is not None and sees(["team-a/app"]) and not sees(["team-b/app"])
     # A cross-repository mount needs push on the target and pull on the source.
     auth.authorize_oci(team_a, [OciAccess("team-a/app", "push"), OciAccess("public/base", "pull")])
     with pytest.raises(PermissionDenied, match="team-b/app"):
@@ -333,3 +335,59 @@ def test_the_oci_seam_checks_every_access_of_a_request(tmp_path):
     with pytest.raises(Unauthenticated) as refused:
         auth.authorize_oci({}, [OciAccess("team-a/app", "pull")])
     assert refused.value.headers == {"WWW-Authenticate": 'Bearer realm="layercache"'}
+
+
+# ---------------------------------------------------------------- the OCI endpoint
+
+
+def bearer(who: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[who]}"}
+
+
+def test_oci_team_a_into_team_b_is_denied_at_every_upload_step(daemon, b_only):
+    registry = Registry(daemon.http_address)
+    started = registry.request("POST", "/v2/team-b/app/blobs/uploads/", headers=bearer("team-b"))
+    assert started.status == 202
+    session = started.headers["Location"]
+    data = b"a chunk from team a"
+    steps = {
+        "start": registry.request("POST", "/v2/team-b/app/blobs/uploads/", headers=bearer("team-a")),
+        "monolithic": registry.request("POST", f"/v2/team-b/app/blobs/uploads/?digest={sha256(data)}", data, bearer("team-a")),
+        "chunk": registry.request(
+            "PATCH", session, data, {**bearer("team-a"), "Content-Range": f"0-{len(data) - 1}", "Content-Type": "application/octet-stream"}
+        ),
+        "finish": registry.request("PUT", f"{session}{'&' if '?' in session else '?'}digest={sha256(data)}", data, bearer("team-a")),
+        "mount into b": registry.request(
+            "POST", f"/v2/team-b/app/blobs/uploads/?mount={b_only.digest}&from=team-a/app", headers=bearer("team-a")
+        ),
+        "mount from b": registry.request(
+            "POST", f"/v2/team-a/app/blobs/uploads/?mount={b_only.digest}&from=team-b/app", headers=bearer("team-a")
+        ),
+    }
+    assert {step: r.status for step, r in steps.items()} == dict.fromkeys(steps, 403)
+    assert all(r.error_codes == ["DENIED"] for r in steps.values())
+    # Team B's session is untouched by all that and still finishes.
+    finished = registry.request("PUT", f"{session}{'&' if '?' in session else '?'}digest={sha256(b'b data')}", b"b data", bearer("team-b"))
+    assert finished.status == 201
+
+
+def test_oci_read_token_and_no_token(daemon):
+    registry = Registry(daemon.http_address)
+    refused = registry.request("POST", "/v2/team-a/app/blobs/uploads/", headers=bearer("reader"))
+    assert refused.status == 403
+    anonymous = registry.request("HEAD", f"/v2/team-a/app/blobs/{sha256(b'x')}")
+    assert anonymous.status == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_oci_a_blob_held_only_in_b_is_absent_for_a(daemon, b_only):
+    registry = Registry(daemon.http_address)
+    head = registry.request("HEAD", f"/v2/team-a/app/blobs/{b_only.digest}", headers=bearer("team-a"))
+    get = registry.request("GET", f"/v2/team-a/app/blobs/{b_only.digest}", headers=bearer("team-a"))
+    assert (head.status, get.status) == (404, 404)
+    # A mount from a repository A may read falls back to an upload session:
+    # the blob is not there as far as A can tell.
+    mount = registry.request(
+        "POST", f"/v2/team-a/app/blobs/uploads/?mount={b_only.digest}&from=public/base", headers=bearer("team-a")
+    )
+    assert mount.status == 202
+    assert registry.request("HEAD", f"/v2/team-b/app/blobs/{b_only.digest}", headers=bearer("team-b")).status == 200

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import Message
 
+from cached.store import Visible
+
 PULL = "pull"
 PUSH = "push"
 DELETE = "delete"
@@ -26,7 +28,9 @@ class Access:
     action: str
 
 
-Authorize = Callable[[Message, Sequence[Access]], None]
+# Returns what the caller may see of the blobs (a predicate over the
+# namespaces holding a blob, see cached/auth.py), or None for everything.
+Authorize = Callable[[Message, Sequence[Access]], Visible | None]
 
 
 def allow_all(headers: Message, accesses: Sequence[Access]) -> None:

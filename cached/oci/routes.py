@@ -98,7 +98,8 @@ class RegistryHandler(BaseHTTPRequestHandler):
                 self._query = parse_qs(url.query, keep_blank_values=True)
                 route, params = self._route(url.path)
                 self._body = Body(self.rfile, self.headers)
-                self.server.authorize(self.headers, self._accesses(params.get("name", "")))
+                # Blobs held only where this caller may not read answer as absent.
+                self._visible = self.server.authorize(self.headers, self._accesses(params.get("name", "")))
                 route(**params)
             except LayercacheError as exc:
                 self._fail(exc)
@@ -155,16 +156,16 @@ class RegistryHandler(BaseHTTPRequestHandler):
 
     def _get_blobs(self, name: str, digest: str) -> None:
         blob = Digest.parse(digest)
-        size = self.server.store.stat(blob).descriptor.size
+        size = self.server.store.stat(blob, self._visible).descriptor.size
         headers = {"Docker-Content-Digest": str(blob), "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
         wanted = None if self.command == "HEAD" else _byte_range(self.headers.get("Range"), size)
         if wanted is None:
-            pieces = () if self.command == "HEAD" else self.server.store.read(blob)
+            pieces = () if self.command == "HEAD" else self.server.store.read(blob, visible=self._visible)
             self._respond(200, headers, pieces, size)
             return
         start, end = wanted
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        self._respond(206, headers, self.server.store.read(blob, start, end - start), end - start)
+        self._respond(206, headers, self.server.store.read(blob, start, end - start, self._visible), end - start)
 
     _head_blobs = _get_blobs
 
@@ -174,7 +175,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
         mount = self._param("mount")
         if mount is not None:
             blob = Digest.parse(mount)
-            if not self.server.store.find_missing([blob]):
+            if not self.server.store.find_missing([blob], self._visible):
                 self.server.store.add_holder(blob, name)
                 self._respond(201, {"Location": _blob_url(name, blob), "Docker-Content-Digest": str(blob)})
                 return
