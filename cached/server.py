@@ -135,7 +135,7 @@ def _registry(config: Config, store: BlobStore, cache: InstructionCache, auth: A
     if not config.http.enabled:
         return None
     try:
-        return RegistryServer(config.http, store, cache, auth.authorize_oci)
+        return RegistryServer(config.http, store, cache, auth.authorize_oci, ssl_context(config.server))
     except ConfigError as exc:
         # The endpoint is on by default for convenience: its default port
         # held by someone else (a registry, another daemon) must not stop the

@@ -127,6 +127,14 @@ def test_the_metrics_endpoint_serves_https_with_the_same_files(tls_daemon, pki):
         assert b"layercache_stored_bytes" in response.read()
 
 
+def test_the_oci_endpoint_serves_https_with_the_same_files(tls_daemon, pki):
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    with urllib.request.urlopen(f"https://{tls_daemon.http_address}/v2/", context=context, timeout=30) as response:
+        assert response.status == 200
+    with pytest.raises(OSError):  # plaintext HTTP gets no answer it can use
+        urllib.request.urlopen(f"http://{tls_daemon.http_address}/v2/", timeout=10)
+
+
 def test_client_certificates_are_required_when_a_client_ca_is_configured(tmp_path, pki):
     daemon = start(tmp_path, pki, client_ca=True)
     try:

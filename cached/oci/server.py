@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import socketserver
 import threading
 import time
@@ -38,7 +39,14 @@ class RegistryServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, config: HttpConfig, store: BlobStore, cache: InstructionCache, authorize: Authorize = allow_all) -> None:
+    def __init__(
+        self,
+        config: HttpConfig,
+        store: BlobStore,
+        cache: InstructionCache,
+        authorize: Authorize = allow_all,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         host, _, port = config.listen.rpartition(":")
         if host.startswith("["):
             host = host[1:-1]
@@ -54,6 +62,10 @@ class RegistryServer(ThreadingHTTPServer):
             super().__init__((host, int(port)), RegistryHandler)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {config.listen} for HTTP: {exc}") from None
+        if tls is not None:
+            # The handshake then happens on the first read, in the request's
+            # own thread, not in accept() where one slow client would stall all.
+            self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         self.uploads = Uploads(store, config.upload_expiry_seconds)
 
     def server_bind(self) -> None:
