@@ -25,7 +25,8 @@ from cached.index import ChunkRecord
 from cached.records import InstructionCache
 from cached.store import BlobStore
 from client import LayercacheError
-from client.errors import NotFoundError
+from client.errors import NotFoundError, ResourceExhaustedError
+from tests.oci_support import Registry, sha256
 from tests.test_store_contract import assert_counters_consistent
 
 MiB = 1 << 20
@@ -307,3 +308,17 @@ def test_a_bounded_daemon_under_a_writer_and_readers_of_evicted_blobs(daemon_fac
         assert client.stats().pack_bytes <= 2 * BOUND
     log = daemon.log()
     assert "Traceback" not in log and " ERROR " not in log
+
+
+def test_over_the_bound_is_resource_exhausted_on_grpc_and_507_on_oci(daemon_factory, tmp_path):
+    config = tmp_path / "small.toml"
+    config.write_text(f"[store]\nmax_bytes = {2 * MiB}\n")
+    daemon = daemon_factory(["--config", str(config)])
+    too_big = os.urandom(3 * MiB)
+    with daemon.client(timeout=60) as client:
+        with pytest.raises(ResourceExhaustedError, match="bound"):
+            client.put(too_big)
+        kept = client.put(os.urandom(MiB))
+        assert client.find_missing([kept.digest]) == []
+    refused = Registry(daemon.http_address).request("POST", f"/v2/ci/app/blobs/uploads/?digest={sha256(too_big)}", too_big)
+    assert refused.status == 507
