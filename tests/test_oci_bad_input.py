@@ -230,10 +230,13 @@ def test_invalid_tags(registry):
         assert registry.request("GET", f"/v2/tags/manifests/{tag}").status == 400
 
 
-def test_tags_list_with_a_bad_n(registry):
+def test_tags_list_with_a_bad_n_or_last(registry):
     registry.put_manifest("n", "v1", registry.image_manifest("n", [b"l"]))
     for n in ("-1", "abc", "1.5"):
         assert registry.request("GET", f"/v2/n/tags/list?n={n}").status == 400
+    for last in ("x" * 1000, "%C3%A9t%C3%A9", "-lead"):
+        refused = registry.request("GET", f"/v2/n/tags/list?last={last}")
+        assert refused.status == 400 and "last" in refused.json["errors"][0]["message"]
 
 
 def test_unknown_endpoints_and_unsupported_methods(registry):

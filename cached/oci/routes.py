@@ -49,7 +49,7 @@ from cached.oci.errors import (
     oci_code,
     upload_range,
 )
-from cached.oci.reference import parse_reference
+from cached.oci.reference import is_tag, parse_reference
 from cached.status import http_status
 
 if TYPE_CHECKING:
@@ -275,7 +275,10 @@ class RegistryHandler(BaseHTTPRequestHandler):
         if n_text is not None and not (n_text.isascii() and n_text.isdigit()):
             raise InvalidArgument(f"n={n_text[:40]!r} is not a non-negative integer")
         n = None if n_text is None else int(n_text)
-        tags, more = self.server.manifests.tags(name, n, self._param("last") or "")
+        last = self._param("last") or ""
+        if last and not is_tag(last):
+            raise InvalidArgument(f"last={last[:140]!r} is not a tag")
+        tags, more = self.server.manifests.tags(name, n, last)
         headers = {"Content-Type": "application/json"}
         if more:
             page = len(tags) if n is None else n
