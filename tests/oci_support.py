@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -37,17 +38,33 @@ class Response:
         return json.loads(self.body)
 
 
+def exchange(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: bytes | Iterable[bytes] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A request on `conn`, left open for the next; an iterable body is sent
+    with chunked transfer coding, as Go clients send streamed bodies."""
+    conn.request(method, path, body=body, headers=headers or {}, encode_chunked=not isinstance(body, (bytes, type(None))))
+    response = conn.getresponse()
+    return Response(response.status, response.headers, response.read())
+
+
 class Registry:
     def __init__(self, address: str) -> None:
         host, _, port = address.rpartition(":")
         self.host, self.port = host, int(port)
 
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=60)
+
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Response:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        """One request on a connection of its own."""
+        conn = self.connection()
         try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return Response(response.status, response.headers, response.read())
+            return exchange(conn, method, path, body, headers)
         finally:
             conn.close()
 

@@ -8,7 +8,6 @@ request reached, to show malformed digests and names stop before any I/O.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -18,7 +17,7 @@ import pytest
 from cached.config import HttpConfig, StoreConfig
 from cached.oci import RegistryServer
 from cached.records import InstructionCache
-from tests.oci_support import OCI_MANIFEST, Registry, sha256
+from tests.oci_support import OCI_MANIFEST, Registry, exchange, sha256
 from tests.test_service import RecordingStore
 
 BAD_DIGESTS = [
@@ -173,11 +172,9 @@ def test_manifest_over_the_size_limit_is_413(registry, client):
     declared = registry.put_manifest("big", "v1", huge)
     assert declared.status == 413
     # Without Content-Length (chunked), the limit holds while reading.
-    conn = http.client.HTTPConnection(registry.host, registry.port, timeout=60)
+    conn = registry.connection()
     pieces = (huge[i : i + 65536] for i in range(0, len(huge), 65536))
-    conn.request("PUT", "/v2/big/manifests/v1", body=pieces, encode_chunked=True, headers={"Content-Type": OCI_MANIFEST})
-    streamed = conn.getresponse()
-    streamed.read()
+    streamed = exchange(conn, "PUT", "/v2/big/manifests/v1", pieces, {"Content-Type": OCI_MANIFEST})
     conn.close()
     assert streamed.status == 413
     assert stored(client) == before

@@ -7,7 +7,6 @@ last ones check that HTTP and gRPC share one store and one set of counters.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -16,7 +15,7 @@ import urllib.parse
 
 import pytest
 
-from tests.oci_support import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Registry, sha256
+from tests.oci_support import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Registry, exchange, sha256
 
 
 @pytest.fixture
@@ -67,17 +66,13 @@ def test_chunked_upload_with_status_then_put_with_the_last_chunk(registry):
 def test_streamed_patch_with_chunked_transfer_coding_like_go_clients(registry):
     data = os.urandom(2 * 1024 * 1024 + 5)
     location = registry.request("POST", "/v2/stream/blobs/uploads/").headers["Location"]
-    conn = http.client.HTTPConnection(registry.host, registry.port, timeout=60)
+    conn = registry.connection()
     pieces = (data[i : i + 100_000] for i in range(0, len(data), 100_000))
-    conn.request("PATCH", location, body=pieces, encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
-    response = conn.getresponse()
-    response.read()
+    response = exchange(conn, "PATCH", location, pieces)
     assert response.status == 202
     assert response.headers["Range"] == f"0-{len(data) - 1}"
     # The connection stays usable: the chunked body was read to its end.
-    conn.request("PUT", f"{location}?digest={sha256(data)}", body=b"")
-    done = conn.getresponse()
-    done.read()
+    done = exchange(conn, "PUT", f"{location}?digest={sha256(data)}", b"")
     conn.close()
     assert done.status == 201
     assert registry.request("GET", f"/v2/stream/blobs/{sha256(data)}").body == data

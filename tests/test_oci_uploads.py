@@ -6,7 +6,6 @@ drive `Uploads` in-process with a clock the test moves.
 
 from __future__ import annotations
 
-import http.client
 import os
 import time
 
@@ -17,7 +16,7 @@ from cached.digest import Digest
 from cached.oci.errors import UploadUnknown
 from cached.oci.uploads import Uploads
 from cached.store import BlobStore
-from tests.oci_support import Registry, sha256
+from tests.oci_support import Registry, exchange, sha256
 
 
 @pytest.fixture
@@ -54,24 +53,19 @@ def test_an_upload_in_use_outlives_the_expiry(short_expiry):
     data = os.urandom(3 << 20)
     location = registry.request("POST", "/v2/slow/blobs/uploads/").headers["Location"]
     # One PATCH that takes three expiry periods to arrive.
-    conn = http.client.HTTPConnection(registry.host, registry.port, timeout=60)
+    conn = registry.connection()
 
     def slowly():
         for i in range(0, len(data), 1 << 20):
             yield data[i : i + (1 << 20)]
             time.sleep(1.0)
 
-    conn.request("PATCH", location, body=slowly(), encode_chunked=True)
-    response = conn.getresponse()
-    response.read()
-    assert response.status == 202
+    assert exchange(conn, "PATCH", location, slowly()).status == 202
     # Kept alive by use: a status request every half period for three periods.
     for _ in range(6):
         time.sleep(0.5)
         assert registry.request("GET", location).status == 204
-    conn.request("PUT", f"{location}?digest={sha256(data)}", body=b"")
-    done = conn.getresponse()
-    done.read()
+    done = exchange(conn, "PUT", f"{location}?digest={sha256(data)}", b"")
     conn.close()
     assert done.status == 201
     assert registry.request("GET", f"/v2/slow/blobs/{sha256(data)}").body == data
@@ -92,36 +86,37 @@ def store(tmp_path):
     store.close()
 
 
-def test_expiry_counts_from_the_last_use(store):
+@pytest.fixture
+def clocked(store):
+    """Uploads with a one-minute expiry on a clock the test moves."""
     clock = Clock()
     uploads = Uploads(store, expiry_seconds=60, clock=clock)
-    try:
-        session = uploads.start("ns")
-        clock.now += 50
-        with uploads.use("ns", session.id) as held:
-            held.append([b"abc"])
-        clock.now += 50  # 100 s since the start, 50 since the last use
+    yield uploads, clock
+    uploads.close()
+
+
+def test_expiry_counts_from_the_last_use(clocked):
+    uploads, clock = clocked
+    session = uploads.start("ns")
+    clock.now += 50
+    with uploads.use("ns", session.id) as held:
+        held.append([b"abc"])
+    clock.now += 50  # 100 s since the start, 50 since the last use
+    assert uploads.expire() == 0
+    clock.now += 11
+    assert uploads.expire() == 1
+    with pytest.raises(UploadUnknown):
+        with uploads.use("ns", session.id):
+            pass
+
+
+def test_a_session_held_by_a_request_is_not_expired(clocked):
+    uploads, clock = clocked
+    session = uploads.start("ns")
+    clock.now += 3600
+    with session.lock:  # as a PATCH in progress holds it
         assert uploads.expire() == 0
-        clock.now += 11
-        assert uploads.expire() == 1
-        with pytest.raises(UploadUnknown):
-            with uploads.use("ns", session.id):
-                pass
-    finally:
-        uploads.close()
-
-
-def test_a_session_held_by_a_request_is_not_expired(store):
-    clock = Clock()
-    uploads = Uploads(store, expiry_seconds=60, clock=clock)
-    try:
-        session = uploads.start("ns")
-        clock.now += 3600
-        with session.lock:  # as a PATCH in progress holds it
-            assert uploads.expire() == 0
-        assert uploads.expire() == 1
-    finally:
-        uploads.close()
+    assert uploads.expire() == 1
 
 
 def test_a_failed_commit_ends_the_session_and_a_good_one_stores(store):
