@@ -17,7 +17,7 @@ has optional tables mirroring the dataclasses:
                                    # about max_bytes / (1 - compact_dead_fraction)
 
     [server]
-    max_message_bytes = 67108864   # gRPC send/receive limit (FindMissing of 100k digests fits)
+    max_message_bytes = 16777216   # gRPC send/receive limit (FindMissing of 100k digests, ~8 MB, fits)
     workers = 64                   # gRPC handler threads
     tls_cert = "/etc/layercache/server.pem"   # PEM certificate chain; with tls_key: TLS on
     tls_key = "/etc/layercache/server.key"    # gRPC, the OCI endpoint and the metrics endpoint
@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 DEFAULT_HTTP_LISTEN = "127.0.0.1:5000"
 HTTP_OFF = "off"
 ROLES = ("read", "write", "admin")  # each includes the ones before it

@@ -13,7 +13,9 @@ import re
 from cached.errors import InvalidArgument, InvalidName
 
 MAX_NAMESPACE = 255
-MAX_KEY = 512
+# namespace + NUL + key is an LMDB key, and LMDB keys stop at 511 bytes.
+MAX_KEY = 255
+MAX_MEDIA_TYPE = 255
 MAX_METADATA_BYTES = 256 * 1024
 MAX_LAYERS = 1000
 MAX_CHAIN = 10_000
@@ -21,6 +23,8 @@ MAX_CHAIN = 10_000
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _NAMESPACE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _KEY = re.compile(r"[\x21-\x7e]+")
+# RFC 6838 type/subtype with optional parameters, printable ASCII only.
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*(?:\s*;[\x20-\x7e]*)?")
 
 
 def check_namespace(namespace: str) -> str:
@@ -51,3 +55,11 @@ def check_metadata(metadata: dict[str, str]) -> dict[str, str]:
     if total > MAX_METADATA_BYTES:
         raise InvalidArgument(f"metadata is {total} bytes; the limit is {MAX_METADATA_BYTES}")
     return dict(metadata)
+
+
+def check_media_type(media_type: str) -> str:
+    if len(media_type) > MAX_MEDIA_TYPE:
+        raise InvalidArgument(f"media type is longer than {MAX_MEDIA_TYPE} characters")
+    if not _MEDIA_TYPE.fullmatch(media_type):
+        raise InvalidArgument(f"invalid media type {media_type[:80]!r}: expected TYPE/SUBTYPE")
+    return media_type

@@ -25,6 +25,13 @@ from cached.store import BlobStore, Visible, now_ms
 
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 10_000
+# One stored entry (layers and metadata as JSON) at most; keeps any one
+# Lookup answer far below the gRPC message limit.
+MAX_ENTRY_BYTES = 512 * 1024
+# A Lookup stops adding hits past this many bytes of entries (so that the
+# answer fits gRPC's default 4 MiB receive limit of any client) and answers
+# "truncated": the caller asks again from the first key not answered.
+MAX_LOOKUP_BYTES = 3 * 1024 * 1024
 
 
 def entry_key(namespace: str, key: str) -> bytes:
@@ -56,6 +63,9 @@ class InstructionCache:
             if hidden:
                 raise MissingBlobs(hidden)
         entry = CacheEntry(namespace, key, tuple(layers), metadata, now_ms())
+        encoded = _encode(entry)
+        if len(encoded) > MAX_ENTRY_BYTES:
+            raise InvalidArgument(f"the entry is {len(encoded)} bytes encoded; the limit is {MAX_ENTRY_BYTES}")
         ekey = entry_key(namespace, key)
         with self.index.write() as txn:
             self._check_layers(txn, layers)
@@ -65,7 +75,7 @@ class InstructionCache:
             else:
                 self.index.add(txn, "records", 1)
                 self.index.add(txn, "records:" + namespace, 1)
-            txn.put(ekey, _encode(entry), db=self.index.db["records"])
+            txn.put(ekey, encoded, db=self.index.db["records"])
             for layer in dict.fromkeys(d.digest for d in layers):
                 if not layer.is_empty_blob:
                     txn.put(layer.key, ekey, db=self.index.db["blob_refs"], dupdata=False)
@@ -156,11 +166,18 @@ class InstructionCache:
     def _walk(self, txn: lmdb.Transaction, namespace: str, keys: list[str]) -> LookupResult:
         hits: list[CacheEntry] = []
         reason, missing = "none", []
+        answered = 0
         for key in keys:
+            if answered > MAX_LOOKUP_BYTES:
+                reason = "truncated"
+                break
             entry, reason, missing = self._complete_entry(txn, namespace, key)
             if entry is None:
                 break
             hits.append(entry)
+            answered += len(key) + sum(len(d.media_type) + 80 for d in entry.layers) + sum(
+                len(k) + len(v) for k, v in entry.metadata.items()
+            )
         return LookupResult(hits, reason, missing)
 
     def peek(self, namespace: str, key: str) -> CacheEntry | None:

@@ -94,6 +94,9 @@ def create_daemon(config: Config, store: BlobStore | None = None) -> Daemon:
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            # grpcio binds with SO_REUSEPORT by default: a second daemon on a
+            # busy port would start and silently take half the connections.
+            ("grpc.so_reuseport", 0),
         ],
     )
     pb_grpc.add_BlobsServicer_to_server(BlobsService(store, auth), server)

@@ -188,6 +188,7 @@ _MISS_REASONS = {
     "none": pb.MISS_REASON_NONE,
     "not_recorded": pb.MISS_REASON_NOT_RECORDED,
     "blob_missing": pb.MISS_REASON_BLOB_MISSING,
+    "truncated": pb.MISS_REASON_TRUNCATED,
 }
 
 

@@ -57,6 +57,7 @@ from cached.errors import (
     Unavailable,
 )
 from cached.index import FLAG_DAMAGED, BlobRecord, ChunkRecord, Index, pack_live, split_lru_key
+from cached.names import check_media_type, check_namespace
 from cached.model import BlobInfo, Descriptor, StoreStats, VerifyProblem, VerifyReport, WriteResult
 from cached.packs import FLAG_ZSTD, HEADER, Location, PackGone, Packs
 from cached.pins import Pins
@@ -139,7 +140,7 @@ class BlobStore:
         with self.index.read() as txn:
             cursor = txn.cursor(db=self.index.db["blobs"])
             holders = txn.cursor(db=self.index.db["blob_ns"])
-            for digest in digests:
+            for digest in dict.fromkeys(digests):
                 if digest.is_empty_blob:
                     continue
                 if not cursor.set_key(digest.key) or not _shown(holders, digest.key, visible):
@@ -210,6 +211,9 @@ class BlobStore:
             raise ContentMismatch(f"{expected} is the digest of the empty blob, but size {size} was declared")
         if size is not None and size > self.config.max_blob_size:
             raise BlobTooLarge(f"blob size {size} exceeds the maximum of {self.config.max_blob_size} bytes")
+        check_media_type(media_type)
+        if namespace:
+            check_namespace(namespace)
         return BlobWriter(self, expected, size, media_type, namespace)
 
     def put(self, data: bytes, media_type: str = "application/octet-stream", namespace: str = "") -> WriteResult:

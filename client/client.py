@@ -45,12 +45,15 @@ from client.types import (
 DEFAULT_SERVER = "127.0.0.1:50051"
 MESSAGE_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# About 7 MB of digests: well inside the daemon's default 16 MiB message limit.
+FIND_MISSING_BATCH = 100_000
 Progress = Callable[[int, int], None]  # (bytes done, total bytes)
 Source = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
 _MISS_REASONS = {
     pb.MISS_REASON_NONE: "none",
     pb.MISS_REASON_NOT_RECORDED: "not_recorded",
     pb.MISS_REASON_BLOB_MISSING: "blob_missing",
+    pb.MISS_REASON_TRUNCATED: "truncated",
 }
 
 
@@ -231,11 +234,15 @@ class Client:
             raise DataLossError(f"downloaded bytes of {digest} hash to {algorithm}:{actual}")
 
     def find_missing(self, digests: Iterable[str], namespace: str = "") -> list[str]:
-        """Digests the daemon lacks, or holds only where this caller may not read."""
-        request = pb.FindMissingRequest(digests=list(digests), namespace=namespace)
-        with translate():
-            response = self._blobs.FindMissing(request, timeout=self.timeout)
-        return list(response.missing)
+        """Digests the daemon lacks, or holds only where this caller may not
+        read; asked in batches that fit the daemon's message limit."""
+        digests = list(digests)
+        missing: list[str] = []
+        for start in range(0, max(len(digests), 1), FIND_MISSING_BATCH):
+            request = pb.FindMissingRequest(digests=digests[start : start + FIND_MISSING_BATCH], namespace=namespace)
+            with translate():
+                missing += self._blobs.FindMissing(request, timeout=self.timeout).missing
+        return missing
 
     def stat(self, digest: str, namespace: str = "") -> BlobInfo:
         with translate():
@@ -262,13 +269,19 @@ class Client:
         return _entry(response.entry)
 
     def lookup(self, namespace: str, keys: Iterable[str]) -> LookupResult:
-        with translate():
-            response = self._cache.Lookup(pb.LookupRequest(namespace=namespace, keys=list(keys)), timeout=self.timeout)
-        return LookupResult(
-            [_entry(e) for e in response.hits],
-            _MISS_REASONS.get(response.miss_reason, "unknown"),
-            list(response.missing_digests),
-        )
+        """The longest prefix of hits of the chain, in one round trip unless
+        the daemon cuts a very large answer short ("truncated"): then the
+        rest of the chain is asked for again from the first key not answered."""
+        keys = list(keys)
+        hits: list[CacheEntry] = []
+        while True:
+            request = pb.LookupRequest(namespace=namespace, keys=keys[len(hits) :])
+            with translate():
+                response = self._cache.Lookup(request, timeout=self.timeout)
+            hits += [_entry(e) for e in response.hits]
+            reason = _MISS_REASONS.get(response.miss_reason, "unknown")
+            if reason != "truncated" or not response.hits:
+                return LookupResult(hits, reason, list(response.missing_digests))
 
     def list_entries(
         self, namespace: str, metadata_equals: dict[str, str] | None = None, limit: int = 100

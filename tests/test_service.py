@@ -303,7 +303,7 @@ def test_capabilities_advertise_limits(running):
     _, _, client, _ = running
     caps = client.capabilities()
     assert list(caps.digest_algorithms) == ["sha256", "blake3"]
-    assert caps.max_message_bytes == 64 << 20 and caps.max_blob_size > 0
+    assert caps.max_message_bytes == 16 << 20 and caps.max_blob_size > 0
     assert caps.chunk_min_size < caps.chunk_avg_size < caps.chunk_max_size
 
 
@@ -339,3 +339,65 @@ def test_concurrent_writers_of_the_same_digest(running):
     stats = client.stats()
     assert stats.blobs == 1
     assert client.verify().problems == []
+
+
+def test_a_huge_lookup_answer_is_truncated_and_the_client_continues(running):
+    daemon, _, client, channel = running
+    layers = [client.put(f"blob {i}".encode()) for i in range(1000)]
+    client.record("ns", "wide", layers, {"note": "x" * 100_000})
+    keys = ["wide"] * 300
+    response = pb_grpc.InstructionCacheStub(channel).Lookup(pb.LookupRequest(namespace="ns", keys=keys))
+    assert 0 < len(response.hits) < 300 and response.miss_reason == pb.MISS_REASON_TRUNCATED
+    result = client.lookup("ns", keys + ["absent"])
+    assert len(result.hits) == 300 and result.miss_reason == "not_recorded"
+
+
+def test_entry_and_name_limits(running):
+    _, _, client, channel = running
+    blob = client.put(b"limits")
+    client.record("n" * 255, "k" * 255, [blob])  # the longest namespace with the longest key fits the index
+    cache = pb_grpc.InstructionCacheStub(channel)
+    code, details = code_of(lambda: cache.Lookup(pb.LookupRequest(namespace="ns", keys=["k" * 256])))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "longer than 255" in details
+    big = pb.RecordRequest(
+        namespace="ns",
+        key="k",
+        layers=[pb.Descriptor(digest=blob.digest, size=blob.size, media_type="application/x-" + "y" * 200)] * 1000,
+        metadata={"note": "z" * 250_000},  # within the metadata limit; with the layers, over the entry limit
+    )
+    code, details = code_of(lambda: cache.Record(big))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "encoded" in details
+
+
+@pytest.mark.parametrize(
+    "header, why",
+    [
+        (pb.WriteHeader(size=3, namespace="Bad Namespace"), "namespace"),
+        (pb.WriteHeader(size=3, namespace="n" * 600), "namespace"),
+        (pb.WriteHeader(size=3, media_type="x" * 70_000), "media type"),
+        (pb.WriteHeader(size=3, media_type="not a media type"), "media type"),
+    ],
+)
+def test_write_headers_are_validated_before_any_data(running, header, why):
+    _, store, _, channel = running
+    header.digest = sha(b"abc")
+    requests = iter([pb.WriteRequest(header=header), pb.WriteRequest(data=b"abc")])
+    code, details = code_of(lambda: pb_grpc.BlobsStub(channel).Write(requests))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and why in details
+    assert store.stats().pack_bytes == 0
+
+
+def test_find_missing_answers_each_digest_once(running):
+    _, _, client, _ = running
+    present = client.put(b"p")
+    absent = sha(b"a")
+    assert client.find_missing([absent, present.digest, absent, EMPTY, absent]) == [absent]
+
+
+def test_a_second_daemon_cannot_take_a_busy_port(running, tmp_path):
+    daemon, _, _, _ = running
+    config = Config(StoreConfig(data_dir=tmp_path / "other"), ServerConfig(listen=f"127.0.0.1:{daemon.port}"))
+    from cached.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot listen"):
+        create_daemon(config)

@@ -13,10 +13,12 @@ class MissReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MISS_REASON_NONE: _ClassVar[MissReason]
     MISS_REASON_NOT_RECORDED: _ClassVar[MissReason]
     MISS_REASON_BLOB_MISSING: _ClassVar[MissReason]
+    MISS_REASON_TRUNCATED: _ClassVar[MissReason]
 MISS_REASON_UNSPECIFIED: MissReason
 MISS_REASON_NONE: MissReason
 MISS_REASON_NOT_RECORDED: MissReason
 MISS_REASON_BLOB_MISSING: MissReason
+MISS_REASON_TRUNCATED: MissReason
 
 class Descriptor(_message.Message):
     __slots__ = ("digest", "size", "media_type")
