@@ -43,6 +43,11 @@ FLAG_ZSTD = 1
 _PACK_NAME = re.compile(r"(\d{8})\.pack")
 
 
+# Read descriptors kept open between reads; past this many, a pack's
+# descriptor is closed as soon as its last reader is done with it.
+MAX_IDLE_READERS = 64
+
+
 class PackGone(Exception):
     """The pack was deleted by compaction; the chunk has moved, look it up again."""
 
@@ -213,8 +218,12 @@ class Packs:
     def _close_reader(self, reader: _Reader) -> None:
         with self._lock:
             reader.users -= 1
-            if reader.retired and reader.users == 0:
-                os.close(reader.fd)
+            if reader.users or not (reader.retired or len(self._readers) > MAX_IDLE_READERS):
+                return
+            if not reader.retired:
+                reader.retired = True
+                del self._readers[next(k for k, v in self._readers.items() if v is reader)]
+            os.close(reader.fd)
 
     def close(self) -> None:
         with self._lock:

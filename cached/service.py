@@ -134,8 +134,9 @@ class BlobsService(pb_grpc.BlobsServicer):
         media_type = header.media_type or "application/octet-stream"
         with self.store.open_write(digest, header.size, media_type, header.namespace) as writer:
             # Cut the upload short only if the caller could read the blob
-            # anyway; otherwise it proves it has the bytes by sending them.
-            if not self.store.find_missing([digest], visible):
+            # anyway (otherwise it proves it has the bytes by sending them)
+            # and the stored copy is not known to be damaged.
+            if self.store.holds_intact(digest, visible):
                 info = self.store.stat(digest)
                 if info.descriptor.size != header.size:
                     raise InvalidArgument(f"{digest} is {info.descriptor.size} bytes, not {header.size}")

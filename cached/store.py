@@ -251,11 +251,13 @@ class BlobStore:
         key = digest.key
         created = now_ms()
         with self.index.write() as txn:
-            existing = txn.get(key, db=self.index.db["blobs"])
-            if existing is not None:
+            existing = self.index.get_blob(txn, key)
+            if existing is not None and any(self._is_damaged(txn, c) for c, _ in dict.fromkeys(existing.chunks)):
+                self._drop_blob(txn, key)  # this upload brings good copies of its damaged chunks
+            elif existing is not None:
                 self._add_namespace(txn, key, namespace)
-                _, created, media_type, count = BlobRecord.decode_head(existing)
-                return WriteResult(BlobInfo(Descriptor(digest, size, media_type), created, created, count), True)
+                info = BlobInfo(Descriptor(digest, size, existing.media_type), existing.created_ms, existing.created_ms, len(existing.chunks))
+                return WriteResult(info, True)
             live = _LiveBytes()
             for chunk_id, raw_len in dict.fromkeys(chunks):
                 record = self.index.get_chunk(txn, chunk_id)
@@ -430,27 +432,33 @@ class BlobStore:
 
     def _load_chunk(self, digest: Digest, chunk_id: bytes, raw_len: int) -> bytes:
         try:
+            return self._checked_chunk(digest, chunk_id, raw_len)
+        except DataLoss:
+            self.quarantine(digest, chunk_id)
+            raise
+
+    def _checked_chunk(self, digest: Digest, chunk_id: bytes, raw_len: int) -> bytes:
+        """The chunk's bytes, inflated and checked against its id; DataLoss otherwise."""
+        try:
             try:
                 flags, payload = self._read_chunk(digest, chunk_id, raw_len)
             except PackGone:
                 # Compaction moved the chunk after we looked it up; it
                 # deletes a pack only once the index points elsewhere.
                 flags, payload = self._read_chunk(digest, chunk_id, raw_len)
-            data = payload
-            if flags & FLAG_ZSTD:
-                try:
-                    data = self._decompressor().decompress(payload, max_output_size=raw_len)
-                except zstandard.ZstdError as exc:
-                    raise DataLoss(f"chunk {chunk_id.hex()} of {digest} does not decompress: {exc}") from None
-            if len(data) != raw_len or blake3.blake3(data).digest() != chunk_id:
-                raise DataLoss(f"chunk {chunk_id.hex()} of {digest} failed its blake3 check")
-            return data
-        except DataLoss:
-            self.quarantine(digest, chunk_id)
-            raise
         except PackGone as exc:
-            self.quarantine(digest, chunk_id)
             raise DataLoss(f"chunk {chunk_id.hex()} of {digest}: pack {exc} is missing") from None
+        except OSError as exc:
+            raise DataLoss(f"chunk {chunk_id.hex()} of {digest}: cannot read its pack: {exc}") from None
+        data = payload
+        if flags & FLAG_ZSTD:
+            try:
+                data = self._decompressor().decompress(payload, max_output_size=raw_len)
+            except zstandard.ZstdError as exc:
+                raise DataLoss(f"chunk {chunk_id.hex()} of {digest} does not decompress: {exc}") from None
+        if len(data) != raw_len or blake3.blake3(data).digest() != chunk_id:
+            raise DataLoss(f"chunk {chunk_id.hex()} of {digest} failed its blake3 check")
+        return data
 
     def _read_chunk(self, digest: Digest, chunk_id: bytes, raw_len: int) -> tuple[int, bytes]:
         with self.index.read() as txn:
@@ -464,16 +472,58 @@ class BlobStore:
         return self.packs.read(Location(record.pack, record.offset, record.stored_len), chunk_id, raw_len)
 
     def quarantine(self, digest: Digest, chunk_id: bytes | None) -> None:
-        """Marks a chunk damaged and drops the blob, so it reads as missing
-        until a fresh Write stores good bytes again."""
-        log.error("damaged data in %s (chunk %s); dropping the blob", digest, chunk_id.hex() if chunk_id else "?")
+        """Handles damage found in `digest`: every damaged chunk of the blob is
+        marked (the rest of it is checked now, so that one fresh Write
+        repairs it all), the blob is dropped so it reads as missing, and a
+        background sweep drops the other blobs sharing a damaged chunk."""
+        with self.index.read() as txn:
+            blob = self.index.get_blob(txn, digest.key)
+        damaged = {chunk_id} if chunk_id is not None else set()
+        for other, raw_len in dict.fromkeys(blob.chunks if blob else ()):
+            if other not in damaged:
+                try:
+                    self._checked_chunk(digest, other, raw_len)
+                except (DataLoss, BlobNotFound):
+                    damaged.add(other)
+        log.error("damaged data in %s (%d damaged chunks); dropping the blob", digest, len(damaged))
         with self.index.write() as txn:
-            if chunk_id is not None:
-                record = self.index.get_chunk(txn, chunk_id)
+            for damaged_id in damaged:
+                record = self.index.get_chunk(txn, damaged_id)
                 if record is not None:
                     record.flags |= FLAG_DAMAGED
-                    self.index.put_chunk(txn, chunk_id, record)
+                    self.index.put_chunk(txn, damaged_id, record)
             self._drop_blob(txn, digest.key)
+        if damaged:
+            threading.Thread(target=self._drop_sharers, args=(damaged,), name="damage-sweep", daemon=True).start()
+
+    def _drop_sharers(self, damaged: set[bytes]) -> None:
+        """Drops every blob that references a damaged chunk (records stay and
+        read as blob_missing); a Write of any of them repairs the chunk."""
+        sharers = []
+        with self.index.read() as txn:
+            for key, raw in txn.cursor(db=self.index.db["blobs"]):
+                if any(chunk_id in damaged for chunk_id, _ in BlobRecord.decode(raw).chunks):
+                    sharers.append(bytes(key))
+        for key in sharers:
+            with self.index.write() as txn:
+                blob = self.index.get_blob(txn, key)
+                # A Write may have repaired the chunks since the scan.
+                if blob and any(self._is_damaged(txn, chunk_id) for chunk_id, _ in blob.chunks):
+                    log.error("dropping %s: it shares a damaged chunk", key.decode())
+                    self._drop_blob(txn, key)
+
+    def _is_damaged(self, txn: lmdb.Transaction, chunk_id: bytes) -> bool:
+        record = self.index.get_chunk(txn, chunk_id)
+        return record is None or record.damaged
+
+    def holds_intact(self, digest: Digest, visible: Visible | None = None) -> bool:
+        """Whether the blob is held, visible, and none of its chunks is known
+        damaged: only then may an upload of it be cut short."""
+        if self.find_missing([digest], visible):
+            return False
+        with self.index.read() as txn:
+            blob = self.index.get_blob(txn, digest.key)
+            return blob is not None and not any(self._is_damaged(txn, c) for c, _ in dict.fromkeys(blob.chunks))
 
     def _drop_blob(self, txn: lmdb.Transaction, key: bytes) -> BlobRecord | None:
         """Removes a blob inside the caller's transaction. Its chunk records
@@ -526,8 +576,12 @@ class BlobStore:
             digest = Digest.parse(key.decode())
             try:
                 hasher = new_hasher(digest.algorithm)
-                pieces = self.read(digest)
-                for piece in pieces:
+                with self.index.read() as txn:
+                    record = self.index.get_blob(txn, key)
+                if record is None:
+                    continue  # removed while we were verifying
+                # Not through read(): checking a blob is not a use of it.
+                for piece in self._read_range(digest, record, 0, record.size):
                     hasher.update(piece)
                     nbytes += len(piece)
                 chunks += self.stat(digest).chunks

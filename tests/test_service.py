@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from cached.config import Config, HttpConfig, ServerConfig, StoreConfig
 from cached.server import create_daemon
 from cached.store import BlobStore
-from client import Client, Descriptor
+from client import Client, DataLossError, Descriptor
 from client.proto import layercache_pb2 as pb
 from client.proto import layercache_pb2_grpc as pb_grpc
 
@@ -262,6 +263,7 @@ def test_flipped_byte_in_a_pack_is_never_served_and_a_rewrite_repairs(running):
     sibling = data + b"sibling tail"  # shares all but the last chunk
     desc = client.put(data)
     sib = client.put(sibling)
+    client.record("ns", "sibling", [sib])
     pack = next((Path(store.config.data_dir) / "packs").glob("*.pack"))
     raw = bytearray(pack.read_bytes())
     raw[len(raw) // 3] ^= 0x01
@@ -274,9 +276,31 @@ def test_flipped_byte_in_a_pack_is_never_served_and_a_rewrite_repairs(running):
     assert info.value.code() == grpc.StatusCode.DATA_LOSS
     assert data.startswith(bytes(received)), "only verified bytes may be sent"
     assert client.find_missing([desc.digest]) == [desc.digest]
-    assert client.put(data).digest == desc.digest  # repair
+    # The sibling shares the damaged chunk: it is dropped too (its entry turns
+    # into a miss) rather than answering "present" and then failing to read.
+    deadline = time.monotonic() + 10
+    while client.find_missing([sib.digest]) != [sib.digest]:
+        assert time.monotonic() < deadline, "a blob sharing a damaged chunk stayed present"
+        time.sleep(0.05)
+    assert client.lookup("ns", ["sibling"]).miss_reason == "blob_missing"
+    assert client.put(data).digest == desc.digest  # one Write repairs
     assert client.get(desc.digest) == data
-    assert client.get(sib.digest) == sibling  # the shared chunk is repaired too
+    assert client.put(sibling).digest == sib.digest
+    assert client.get(sib.digest) == sibling
+    assert client.lookup("ns", ["sibling"]).miss_reason == "none"
+    assert client.verify().problems == []
+
+
+def test_one_write_repairs_a_blob_whose_pack_was_cut_in_half(running):
+    _, store, client, _ = running
+    data = os.urandom(4 << 20) + Path(os.__file__).read_bytes() * 40
+    desc = client.put(data)
+    pack = next((Path(store.config.data_dir) / "packs").glob("*.pack"))
+    os.truncate(pack, pack.stat().st_size // 2)
+    with pytest.raises(DataLossError):
+        client.get(desc.digest)
+    assert client.put(data).digest == desc.digest
+    assert client.get(desc.digest) == data
     assert client.verify().problems == []
 
 

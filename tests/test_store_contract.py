@@ -274,3 +274,41 @@ def test_random_content_is_stored_raw(store):
     put_in_pieces(store, data)
     assert store.stats().stored_bytes >= len(data)
     assert b"".join(store.read(Digest.of(data))) == data
+
+
+def test_a_blob_sharing_a_damaged_chunk_is_never_taken_as_intact(store):
+    shared = real_bytes(0, 2 << 20)
+    a = put_in_pieces(store, shared + b"tail a")
+    b = put_in_pieces(store, shared + b"tail b")
+    with store.index.read() as txn:
+        first_chunk = store.index.get_blob(txn, a.digest.key).chunks[0][0]
+    store.quarantine(a.digest, first_chunk)
+    # Whether or not the background sweep has dropped b yet, an upload of b
+    # must not be cut short, and its commit replaces the damaged chunk.
+    assert not store.holds_intact(b.digest)
+    result = store.put(shared + b"tail b")
+    assert not result.already_existed
+    assert b"".join(store.read(b.digest)) == shared + b"tail b"
+    assert store.holds_intact(b.digest)
+
+
+def test_open_pack_descriptors_stay_bounded(make_store):
+    from cached.packs import MAX_IDLE_READERS
+
+    store = make_store(max_pack_bytes=64 * 1024)
+    # Incompressible, so that each blob fills a pack of its own.
+    blobs = [put_in_pieces(store, os.urandom(100_000)) for _ in range(MAX_IDLE_READERS + 40)]
+    assert len(list((Path(store.config.data_dir) / "packs").glob("*.pack"))) > MAX_IDLE_READERS
+    for desc in blobs:
+        assert len(b"".join(store.read(desc.digest))) == desc.size
+    assert open_pack_files() <= MAX_IDLE_READERS + 8  # plus idle writers
+
+
+def open_pack_files() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").endswith(".pack")
+        except FileNotFoundError:
+            continue  # the listing's own descriptor, closed meanwhile
+    return count

@@ -175,7 +175,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
         mount = self._param("mount")
         if mount is not None:
             blob = Digest.parse(mount)
-            if not self.server.store.find_missing([blob], self._visible):
+            if self.server.store.holds_intact(blob, self._visible):
                 self.server.store.add_holder(blob, name)
                 self._respond(201, {"Location": _blob_url(name, blob), "Docker-Content-Digest": str(blob)})
                 return
