@@ -22,6 +22,10 @@ from cached.model import KeyUsage, NamespaceTraffic
 
 _FIELDS = ("lookups", "hits", "misses")
 MAX_TRACKED_KEYS = 100_000
+# Namespaces are client-chosen: past this many, lookups in further ones are
+# counted under OTHER, so neither memory nor the Stats answer grows without bound.
+MAX_TRACKED_NAMESPACES = 1000
+OTHER = "(other namespaces)"
 
 
 class Traffic:
@@ -40,6 +44,8 @@ class Traffic:
     def add_lookup(self, namespace: str, hits: int, missed: bool, hit_keys: Sequence[tuple[str, str]] = ()) -> None:
         """Counts a lookup; `hit_keys` are the (namespace, key) of its hits."""
         with self._lock:
+            if namespace not in self._namespaces and len(self._namespaces) >= MAX_TRACKED_NAMESPACES:
+                namespace = OTHER
             counts = self._namespaces[namespace]
             counts["lookups"] += hits + int(missed)
             counts["hits"] += hits
@@ -59,12 +65,14 @@ class Traffic:
             return result
 
     def namespaces(self, records: dict[str, int]) -> list[NamespaceTraffic]:
+        """The busiest MAX_TRACKED_NAMESPACES namespaces (by lookups, then records), by name."""
         with self._lock:
-            names = sorted(set(self._namespaces) | set(records))
-            return [
+            rows = [
                 NamespaceTraffic(name, records.get(name, 0), **self._namespaces.get(name, dict.fromkeys(_FIELDS, 0)))
-                for name in names
+                for name in set(self._namespaces) | set(records)
             ]
+        rows.sort(key=lambda row: (row.lookups, row.records), reverse=True)
+        return sorted(rows[:MAX_TRACKED_NAMESPACES], key=lambda row: row.namespace)
 
     def dump(self) -> bytes:
         with self._lock:
