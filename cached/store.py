@@ -94,8 +94,16 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class DataDirInUse(RuntimeError):
+class DataDirError(RuntimeError):
+    """The data directory cannot be served; the daemon must not start."""
+
+
+class DataDirInUse(DataDirError):
     """Another process has the data directory open."""
+
+
+class DataDirDamaged(DataDirError):
+    """The index cannot be opened, or is missing while packs hold data."""
 
 
 class NeedRoom(StoreFull):
@@ -110,14 +118,20 @@ class BlobStore:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self._lock_fd = _lock_data_dir(Path(config.data_dir))
-        self.index = Index(Path(config.data_dir) / "index", config.index_map_size)
         pack_bytes = config.max_pack_bytes
         if config.max_bytes:
             pack_bytes = max(1 << 20, min(pack_bytes, config.max_bytes // _PACKS_PER_BOUND))
         self.packs = Packs(Path(config.data_dir) / "packs", pack_bytes)
+        try:
+            self.index = Index(Path(config.data_dir) / "index", config.index_map_size)
+            self.chunk_params = self._load_chunk_params()
+        except (lmdb.Error, DataDirDamaged) as exc:
+            os.close(self._lock_fd)
+            if isinstance(exc, DataDirDamaged):
+                raise
+            raise DataDirDamaged(f"the index in {Path(config.data_dir) / 'index'} cannot be opened: {exc}") from None
         self.pins = Pins()
         self._reclaim: Callable[[int], None] | None = None
-        self.chunk_params = self._load_chunk_params()
         self.traffic = Traffic()
         with self.index.read() as txn:
             saved = self.index.get_setting(txn, "traffic")
@@ -597,12 +611,22 @@ class BlobStore:
     # ------------------------------------------------------------------ housekeeping
 
     def _load_chunk_params(self) -> ChunkParams:
-        with self.index.write() as txn:
+        with self.index.read() as txn:
             saved = self.index.get_setting(txn, "chunk_params")
-            if saved is None:
-                params = DEFAULT_PARAMS
+        if saved is None and self.packs.closed_packs():
+            # A new index over old packs: the index was lost or replaced.
+            # Serving would hide every stored blob and append to packs nobody
+            # can account for, so refuse and say so.
+            self.index.close()
+            raise DataDirDamaged(
+                f"{self.packs.directory} holds pack files but the index is empty: it was lost or replaced. "
+                "Restore the index, or move the packs directory away to start an empty cache."
+            )
+        if saved is None:
+            params = DEFAULT_PARAMS
+            with self.index.write() as txn:
                 self.index.put_setting(txn, "chunk_params", f"{params.min_size},{params.avg_size},{params.max_size}".encode())
-                return params
+            return params
         low, avg, high = (int(v) for v in saved.decode().split(","))
         return ChunkParams(low, avg, high)
 

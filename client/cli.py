@@ -92,7 +92,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # Imported here so that the client commands never load the daemon.
     from cached.config import ConfigError, load
     from cached.server import serve
-    from cached.store import DataDirInUse
+    from cached.store import DataDirError
 
     try:
         config = load(
@@ -103,7 +103,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             server_flags={"metrics_listen": args.metrics_listen, "log_format": args.log_format},
         )
         return serve(config)
-    except (ConfigError, DataDirInUse) as exc:
+    except (ConfigError, DataDirError) as exc:
         print(f"layercache serve: {exc}", file=sys.stderr)
         return 2
 

@@ -94,3 +94,28 @@ def test_serve_reports_bad_config(tmp_path):
         timeout=60,
     )
     assert result.returncode == 2 and "is not HOST:PORT" in result.stderr
+
+
+def serve_once(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "client.cli", "serve", "--listen", "127.0.0.1:0", "--http-listen", "off", "--data-dir", str(data_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_serve_refuses_a_lost_or_damaged_index(daemon_factory):
+    daemon = daemon_factory()
+    with daemon.client() as client:
+        client.put(os.urandom(100_000))
+    daemon.stop()
+    index = daemon.data_dir / "index"
+    (index / "data.mdb").write_bytes(os.urandom(64 * 1024))
+    garbage = serve_once(daemon.data_dir)
+    assert garbage.returncode == 2 and "cannot be opened" in garbage.stderr, garbage.stderr
+    for name in os.listdir(index):
+        os.unlink(index / name)
+    lost = serve_once(daemon.data_dir)
+    assert lost.returncode == 2 and "holds pack files but the index is empty" in lost.stderr, lost.stderr
