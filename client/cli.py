@@ -109,8 +109,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_put(args: argparse.Namespace) -> int:
+    source = sys.stdin.buffer if str(args.file) == "-" else args.file
     with connect(args) as client:
-        descriptor = client.put(args.file, args.media_type, args.namespace, progress=ProgressBar("put"))
+        descriptor = client.put(source, args.media_type, args.namespace, progress=ProgressBar("put"))
     print(descriptor.digest)
     return 0
 
@@ -132,7 +133,7 @@ def _cmd_stat(args: argparse.Namespace) -> int:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    metadata = dict(_key_value(item) for item in args.meta)
+    metadata = dict(args.meta)
     with connect(args) as client:
         missing = client.find_missing(args.digests, args.namespace)
         if missing:
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT (default: off)")
     serve.add_argument("--log-format", choices=("text", "json"), help="daemon log format (default: text)")
 
-    put = command("put", _cmd_put, "upload a file; prints its digest")
+    put = command("put", _cmd_put, "upload a file (- for stdin); prints its digest")
     put.add_argument("file", type=Path)
     put.add_argument("--media-type", default="application/octet-stream")
     put.add_argument("--namespace", default="", help="namespace the blob belongs to")
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("namespace")
     record.add_argument("key")
     record.add_argument("digests", nargs="+", metavar="DIGEST")
-    record.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="free-form metadata")
+    record.add_argument("--meta", action="append", default=[], type=_key_value, metavar="KEY=VALUE", help="free-form metadata")
 
     lookup = command("lookup", _cmd_lookup, "look up a chain of keys; exit 3 if any key misses")
     lookup.add_argument("namespace")
@@ -287,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             if cls in EXIT_CODES:
                 return EXIT_CODES[cls]
         return 1
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        print(f"layercache: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"layercache: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ import collections
 import hashlib
 import os
 import queue
+import secrets
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -135,7 +136,7 @@ class Client:
             return self._upload(digest, len(data), media_type, namespace, _slices(data), progress)
         if isinstance(source, (str, os.PathLike)):
             with open(source, "rb") as stream:
-                return self._put_seekable(stream, media_type, namespace, progress)
+                return self.put(stream, media_type, namespace, progress=progress)
         if _seekable(source):
             return self._put_seekable(source, media_type, namespace, progress)
         with tempfile.TemporaryFile() as spool:
@@ -194,8 +195,19 @@ class Client:
             parts = list(self._verified(digest, total, progress, namespace))
             return b"".join(parts)
         if isinstance(dest, (str, os.PathLike)):
-            target = Path(dest)
-            fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+            # Through symlinks to what they name; into anything that is not a
+            # regular file (a device, a FIFO) directly, since it cannot be
+            # replaced; regular files via a temporary file renamed only once
+            # the bytes are complete and verified.
+            target = Path(os.path.realpath(dest))
+            if target.exists() and not target.is_file():
+                with open(target, "wb") as out:
+                    for part in self._verified(digest, total, progress, namespace):
+                        out.write(part)
+                return None
+            temp = target.parent / f".{target.name}.{secrets.token_hex(8)}.part"
+            # 0o666 like any new file: the kernel applies the user's umask.
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             try:
                 with os.fdopen(fd, "wb") as out:
                     for part in self._verified(digest, total, progress, namespace):

@@ -63,7 +63,7 @@ def test_exit_codes_tell_failures_apart(daemon, tmp_path):
     precondition = run("record", "ns", "k", absent, server=daemon.address)
     assert precondition.returncode == 4 and absent in precondition.stderr
     no_file = run("put", str(tmp_path / "nope"), server=daemon.address)
-    assert no_file.returncode == 1 and "No such file" in no_file.stderr
+    assert no_file.returncode == 2 and "No such file" in no_file.stderr
 
 
 def test_unreachable_server_and_env_default(tmp_path):
@@ -119,3 +119,50 @@ def test_serve_refuses_a_lost_or_damaged_index(daemon_factory):
         os.unlink(index / name)
     lost = serve_once(daemon.data_dir)
     assert lost.returncode == 2 and "holds pack files but the index is empty" in lost.stderr, lost.stderr
+
+
+def test_put_from_a_pipe_and_get_into_special_files(daemon, tmp_path):
+    data = Path(os.__file__).read_bytes()
+    piped = subprocess.run(
+        f"cat {os.__file__} | {sys.executable} -m client.cli put - --server {daemon.address}",
+        shell=True, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert piped.returncode == 0, piped.stderr
+    digest = piped.stdout.strip()
+    assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    via_dev_stdin = subprocess.run(
+        f"cat {os.__file__} | {sys.executable} -m client.cli put /dev/stdin --server {daemon.address}",
+        shell=True, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert via_dev_stdin.stdout.strip() == digest, via_dev_stdin.stderr
+
+    real = tmp_path / "real.py"
+    real.write_text("old")
+    link = tmp_path / "link.py"
+    link.symlink_to(real)
+    assert run("get", digest, "-o", str(link), server=daemon.address).returncode == 0
+    assert link.is_symlink() and real.read_bytes() == data  # the link's target was replaced, not the link
+    os.mkfifo(tmp_path / "fifo")
+    reader = subprocess.Popen(["cat", str(tmp_path / "fifo")], stdout=subprocess.PIPE)
+    assert run("get", digest, "-o", str(tmp_path / "fifo"), server=daemon.address).returncode == 0
+    assert reader.communicate(timeout=30)[0] == data
+    assert run("get", digest, "-o", "/dev/null", server=daemon.address).returncode == 0
+    assert Path("/dev/null").is_char_device()
+
+
+def test_downloads_follow_the_umask(daemon, tmp_path):
+    digest = run("put", os.__file__, server=daemon.address).stdout.strip()
+    out = tmp_path / "os.py"
+    old = os.umask(0o022)
+    try:
+        assert run("get", digest, "-o", str(out), server=daemon.address).returncode == 0
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_bad_arguments_exit_2(daemon, tmp_path):
+    bad_meta = run("record", "ns", "k", "sha256:" + "0" * 64, "--meta", "novalue", server=daemon.address)
+    assert bad_meta.returncode == 2 and "expected KEY=VALUE" in bad_meta.stderr and "Traceback" not in bad_meta.stderr
+    directory = run("put", str(tmp_path), server=daemon.address)
+    assert directory.returncode == 2 and "Is a directory" in directory.stderr
