@@ -24,9 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.daemon import REPO, running_daemon
 from bench.layers import named_root, near_duplicate_series
 
-REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "demo/app"
 
 
@@ -67,19 +67,10 @@ def main() -> None:
         print(f"   {Path(base.path).name}: {base.size / 1e6:.1f} MB; {Path(edited.path).name}: {edited.description}")
 
         print(f"== starting the daemon: layercache serve --data-dir {data_dir}")
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            announce = daemon.stdout.readline()
-            print("   " + announce.strip())
-            match = re.search(r"serving gRPC on (\S+)", announce)
-            if not match:
-                raise SystemExit("the daemon did not start")
-            address = match.group(1)
+        with running_daemon(data_dir) as daemon:
+            for line in daemon.announcement:
+                print("   " + line)
+            address = daemon.grpc
             key = f"step-{base.sha256[:12]}"
 
             print("== a builder asks for its step's key: a miss, nothing cached yet")
@@ -97,10 +88,6 @@ def main() -> None:
             print(f"   the {edited.size / 1e6:.1f} MB near-duplicate added {added / 1e3:.1f} kB of stored data")
             layercache(address, "stats")
             layercache(address, "verify")
-        finally:
-            daemon.terminate()
-            daemon.wait()
-            daemon.stdout.close()
     print("== done: the daemon stopped cleanly")
 
 

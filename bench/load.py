@@ -20,6 +20,7 @@ half of them absent (30%), Read of a whole 256 KiB blob (20%), Write of a new
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import random
@@ -29,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.throughput import start_daemon
+from bench.daemon import running_daemon
 from client import Client, LayercacheError
 
 NAMESPACE = "bench/load"
@@ -146,21 +147,14 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--server", help="an already running daemon (default: start one)")
     args = parser.parse_args()
-    process = None
-    with tempfile.TemporaryDirectory(prefix="layercache-load-") as work:
+    with contextlib.ExitStack() as stack:
         address = args.server
         if address is None:
-            config = Path(work) / "load.toml"
-            config.write_text('[http]\nlisten = "off"\n')
-            process, address = start_daemon(Path(work) / "data", config)
-        try:
-            digests = preload(address)
-            idle = idle_latencies(address, digests)
-            results = under_load(address, digests, args.clients, args.processes, args.seconds)
-        finally:
-            if process is not None:
-                process.terminate()
-                process.wait(60)
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="layercache-load-")))
+            address = stack.enter_context(running_daemon(work / "data", http=False)).grpc
+        digests = preload(address)
+        idle = idle_latencies(address, digests)
+        results = under_load(address, digests, args.clients, args.processes, args.seconds)
     errors = results.pop("errors", [])
     total = sum(len(v) for v in results.values())
     elapsed = args.seconds

@@ -19,32 +19,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.daemon import running_daemon
 from bench.layers import Layer, named_root, near_duplicate_series
 from bench.rawgrpc import measure
 from client import Client
 
 ROOTS = ("usr-lib", "stdlib", "usr-share")
-REPO = Path(__file__).resolve().parent.parent
-
-
-def start_daemon(data_dir: Path, config: Path | None) -> tuple[subprocess.Popen[str], str]:
-    command = [sys.executable, "-m", "client.cli", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
-    if config:
-        command += ["--config", str(config)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    line = process.stdout.readline()
-    match = re.search(r"serving gRPC on (\S+)", line)
-    if not match:
-        process.kill()
-        raise SystemExit(f"daemon did not start: {line!r}")
-    return process, match.group(1)
 
 
 def series(work: Path, megabytes: int) -> list[Layer]:
@@ -68,41 +52,37 @@ def main() -> None:
     raw_up, raw_down = measure(base.size)
     print(f"raw grpc (1 MiB messages): upload {raw_up / 1e6:,.0f} MB/s, download {raw_down / 1e6:,.0f} MB/s")
 
+    args.work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work) as scratch:
-        config = None
+        flags = []
         if args.compression_level is not None:
             config = Path(scratch) / "config.toml"
             config.write_text(f"[store]\ncompression_level = {args.compression_level}\n")
-        daemon, address = start_daemon(Path(scratch) / "data", config)
-        try:
-            with Client(address) as client:
-                start = time.perf_counter()
-                desc = client.put(base.path, "application/vnd.oci.image.layer.v1.tar")
-                put_rate = base.size / (time.perf_counter() - start)
-                out = Path(scratch) / "out.tar"
-                start = time.perf_counter()
-                client.get(desc.digest, out)
-                get_rate = base.size / (time.perf_counter() - start)
-                os.unlink(out)
-                print(f"put {put_rate / 1e6:,.0f} MB/s = {put_rate / raw_up:.2f}x raw upload (target >= 0.6)")
-                print(f"get {get_rate / 1e6:,.0f} MB/s = {get_rate / raw_down:.2f}x raw download (target >= 0.6)")
+            flags = ["--config", str(config)]
+        with running_daemon(Path(scratch) / "data", *flags, http=False) as daemon, Client(daemon.grpc) as client:
+            start = time.perf_counter()
+            desc = client.put(base.path, "application/vnd.oci.image.layer.v1.tar")
+            put_rate = base.size / (time.perf_counter() - start)
+            out = Path(scratch) / "out.tar"
+            start = time.perf_counter()
+            client.get(desc.digest, out)
+            get_rate = base.size / (time.perf_counter() - start)
+            os.unlink(out)
+            print(f"put {put_rate / 1e6:,.0f} MB/s = {put_rate / raw_up:.2f}x raw upload (target >= 0.6)")
+            print(f"get {get_rate / 1e6:,.0f} MB/s = {get_rate / raw_down:.2f}x raw download (target >= 0.6)")
 
+            stats = client.stats()
+            print(f"{base.name}: logical {base.size / 1e6:,.1f} MB, stored {stats.stored_bytes / 1e6:,.1f} MB")
+            for layer in layers[1:]:
+                before = stats.stored_bytes
+                client.put(layer.path, "application/vnd.oci.image.layer.v1.tar")
                 stats = client.stats()
-                print(f"{base.name}: logical {base.size / 1e6:,.1f} MB, stored {stats.stored_bytes / 1e6:,.1f} MB")
-                for layer in layers[1:]:
-                    before = stats.stored_bytes
-                    client.put(layer.path, "application/vnd.oci.image.layer.v1.tar")
-                    stats = client.stats()
-                    added = stats.stored_bytes - before
-                    print(f"{layer.name}: logical {layer.size / 1e6:,.1f} MB, added {added / 1e6:,.2f} MB stored ({added / layer.size:.2%}) - {layer.description}")
-                print(
-                    f"series: logical {stats.logical_bytes / 1e6:,.1f} MB, stored {stats.stored_bytes / 1e6:,.1f} MB, "
-                    f"stored/logical {stats.stored_bytes / stats.logical_bytes:.3f} (dedup ratio {stats.dedup_ratio:.2f}x)"
-                )
-        finally:
-            daemon.terminate()
-            daemon.wait()
-            daemon.stdout.close()
+                added = stats.stored_bytes - before
+                print(f"{layer.name}: logical {layer.size / 1e6:,.1f} MB, added {added / 1e6:,.2f} MB stored ({added / layer.size:.2%}) - {layer.description}")
+            print(
+                f"series: logical {stats.logical_bytes / 1e6:,.1f} MB, stored {stats.stored_bytes / 1e6:,.1f} MB, "
+                f"stored/logical {stats.stored_bytes / stats.logical_bytes:.3f} (dedup ratio {stats.dedup_ratio:.2f}x)"
+            )
 
 
 if __name__ == "__main__":
