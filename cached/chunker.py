@@ -31,6 +31,14 @@ class ChunkParams:
     avg_size: int = 128 * 1024
     max_size: int = 512 * 1024
 
+    def encode(self) -> bytes:
+        return f"{self.min_size},{self.avg_size},{self.max_size}".encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ChunkParams:
+        low, avg, high = (int(v) for v in raw.decode().split(","))
+        return cls(low, avg, high)
+
 
 DEFAULT_PARAMS = ChunkParams()
 

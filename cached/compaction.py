@@ -24,8 +24,8 @@ and is deleted by the next pass.
 from __future__ import annotations
 
 import logging
-import threading
 
+from cached.background import Periodic
 from cached.index import pack_live
 from cached.packs import HEADER, Location
 from cached.store import BlobStore
@@ -43,17 +43,14 @@ class Compactor:
     def __init__(self, store: BlobStore) -> None:
         self.store = store
         self.dead_fraction = store.config.compact_dead_fraction
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="compactor", daemon=True)
         self._failed: set[int] = set()  # packs that could not be read; left for `verify`
+        self._background = Periodic("compaction", _POLL_SECONDS, self.run_once)
 
     def start(self) -> None:
-        self._thread.start()
+        self._background.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._background.close()
 
     def candidates(self) -> list[int]:
         """Closed packs dead enough to rewrite, the most dead bytes first."""
@@ -72,7 +69,7 @@ class Compactor:
         """Compacts every candidate pack it can; returns how many it removed."""
         done = 0
         for pack_id in self.candidates():
-            if self._stop.is_set():
+            if self._background.stopping:
                 break
             try:
                 done += self.compact(pack_id)
@@ -132,9 +129,3 @@ class Compactor:
         log.info("compacted pack %d: %d live chunks moved", pack_id, len(moved))
         return True
 
-    def _run(self) -> None:
-        while not self._stop.wait(_POLL_SECONDS):
-            try:
-                self.run_once()
-            except Exception:  # a failed pass is retried on the next poll
-                log.exception("compaction pass failed")

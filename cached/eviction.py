@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from cached.background import Periodic
 from cached.errors import StoreFull
 from cached.records import InstructionCache
 from cached.store import BlobStore
@@ -39,17 +40,14 @@ class Evictor:
         self.max_bytes = store.config.max_bytes
         self.low_bytes = int(self.max_bytes * store.config.low_watermark)
         self._lock = threading.Lock()  # one eviction at a time; the others wait and re-check
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="evictor", daemon=True)
+        self._background = Periodic("evictor", _POLL_SECONDS, self._keep_under_watermark)
         store.set_reclaimer(self.make_room)
 
     def start(self) -> None:
-        self._thread.start()
+        self._background.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._background.close()
 
     def make_room(self, incoming: int) -> None:
         """Frees space for `incoming` more stored bytes, or raises StoreFull."""
@@ -73,10 +71,6 @@ class Evictor:
             log.info("evicted %d blobs; %d bytes stored (bound %d)", evicted, stored, self.max_bytes)
         return stored
 
-    def _run(self) -> None:
-        while not self._stop.wait(_POLL_SECONDS):
-            try:
-                if self.store.stored_bytes() > self.low_bytes:
-                    self.evict_to(self.low_bytes)
-            except Exception:  # a failed pass is retried on the next poll
-                log.exception("background eviction failed")
+    def _keep_under_watermark(self) -> None:
+        if self.store.stored_bytes() > self.low_bytes:
+            self.evict_to(self.low_bytes)

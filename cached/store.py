@@ -28,6 +28,7 @@ writing gives StoreFull and rolls the upload back.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import logging
@@ -625,10 +626,9 @@ class BlobStore:
         if saved is None:
             params = DEFAULT_PARAMS
             with self.index.write() as txn:
-                self.index.put_setting(txn, "chunk_params", f"{params.min_size},{params.avg_size},{params.max_size}".encode())
+                self.index.put_setting(txn, "chunk_params", params.encode())
             return params
-        low, avg, high = (int(v) for v in saved.decode().split(","))
-        return ChunkParams(low, avg, high)
+        return ChunkParams.decode(saved)
 
     def _compressor(self) -> zstandard.ZstdCompressor:
         codec = getattr(self._codecs, "compressor", None)
@@ -747,7 +747,7 @@ class BlobWriter:
     def write(self, data: bytes | memoryview) -> None:
         if self._finished:
             raise InvalidArgument("write after the upload finished")
-        try:
+        with self._aborting():
             self.received += len(data)
             if self._size is not None and self.received > self._size:
                 raise ContentMismatch(f"received more than the declared size of {self._size} bytes")
@@ -758,18 +758,11 @@ class BlobWriter:
                 hasher.update(data)
             for chunk in self._chunker.feed(data):
                 self._submit(chunk)
-        except OSError as exc:
-            self.abort()
-            _raise_if_disk_full(exc)
-            raise
-        except BaseException:
-            self.abort()
-            raise
 
     def commit(self, digest: Digest | None = None) -> WriteResult:
         """Verifies size and digest and makes the blob visible. `digest`
         must match the one given at open, or supply it if none was."""
-        try:
+        with self._aborting():
             for chunk in self._chunker.finish():
                 self._submit(chunk)
             while self._pending:
@@ -793,6 +786,18 @@ class BlobWriter:
                     if attempt == _ROOM_ATTEMPTS:
                         raise
                     self._store._make_room(shortage)
+        if result.already_existed:
+            self.abort()  # nothing references what this upload appended
+        else:
+            self._finished = True
+            self._release()
+        return result
+
+    @contextlib.contextmanager
+    def _aborting(self) -> Iterator[None]:
+        """Any failure aborts the upload; a full disk becomes StoreFull."""
+        try:
+            yield
         except OSError as exc:
             self.abort()
             _raise_if_disk_full(exc)
@@ -800,12 +805,6 @@ class BlobWriter:
         except BaseException:
             self.abort()
             raise
-        if result.already_existed:
-            self.abort()  # nothing references what this upload appended
-        else:
-            self._finished = True
-            self._release()
-        return result
 
     def abort(self) -> None:
         if self._finished:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.oci_image import busybox_rootfs
 from client.builder import LAYER_TAR, Layout, build
 from client.cli import main
 from tests.conftest import REPO
@@ -151,14 +152,8 @@ def busybox_layout(tmp_path: Path) -> Path:
     for command in (["init", "--layout", str(layout)], ["new", "--image", f"{layout}:latest"]):
         subprocess.run(["umoci", *command], check=True)
     subprocess.run(["umoci", "unpack", "--image", f"{layout}:latest", str(bundle)], check=True, capture_output=True)
-    bin_dir = bundle / "rootfs" / "bin"
-    bin_dir.mkdir(parents=True)
-    shutil.copy2(busybox, bin_dir / "busybox")
-    applets = subprocess.run([busybox, "--list"], check=True, capture_output=True, text=True).stdout.split()
-    for applet in applets:
-        if applet != "busybox":
-            (bin_dir / applet).symlink_to("busybox")
-    (bundle / "rootfs" / "etc").mkdir()
+    shutil.rmtree(bundle / "rootfs")
+    busybox_rootfs(bundle / "rootfs", busybox)
     (bundle / "rootfs" / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n")
     subprocess.run(["umoci", "repack", "--image", f"{layout}:latest", str(bundle)], check=True, capture_output=True)
     return layout

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cached.digest import Digest
 from cached.index import BlobRecord, ChunkRecord, Index, lru_key, pack_live
 from cached.model import CacheEntry, Descriptor
+from cached.chunker import DEFAULT_PARAMS
 from cached.packs import HEADER, Packs
 from cached.records import _encode, entry_key
 from client import Client
@@ -61,6 +62,7 @@ def generate(data_dir: Path, count: int = COUNT) -> None:
         )
         txn.cursor(db=db["records"]).putmulti(zip(ekeys, records), append=True)
         stored = HEADER.size + location.stored_len
+        index.put_setting(txn, "chunk_params", DEFAULT_PARAMS.encode())
         index.put_chunk(txn, chunk_id, ChunkRecord(location.pack, location.offset, location.stored_len, len(CHUNK), 0, count))
         for name, value in {
             "blobs": count, "logical": count * len(CHUNK), "chunks": 1, "stored": stored,
