@@ -116,7 +116,10 @@ class CallObserver(grpc.ServerInterceptor):
         self.latency.labels(method).observe(elapsed)
         if code not in _EXPECTED:
             level = logging.ERROR if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) else logging.INFO
-            log.log(level, "%s failed: %s %s", method, code.name, context.details() or "",
+            details = context.details() or b""
+            if isinstance(details, bytes):  # grpcio hands back what abort() encoded
+                details = details.decode("utf-8", "replace")
+            log.log(level, "%s failed: %s %s", method, code.name, details,
                     extra={"method": method, "code": code.name, "ms": round(elapsed * 1000, 3)})
         else:
             log.debug("%s %s", method, code.name, extra={"method": method, "code": code.name, "ms": round(elapsed * 1000, 3)})

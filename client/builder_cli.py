@@ -19,7 +19,8 @@ import sys
 from collections.abc import Callable
 
 from client.builder import BuildError, LayoutResolver, build
-from client.client import Client, default_server
+from client.client import Client
+from client.connection import add_connection_options, connect
 from client.context import ContextError
 from client.dockerfile import DockerfileError
 from client.keys import KeyChain, compute
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         parser.add_argument("-f", "--file", default="Dockerfile", help="Dockerfile name inside DOCKERFILE_DIR")
         parser.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE", dest="build_args")
         if daemon:
-            parser.add_argument("--server", default=default_server(), help="daemon address HOST:PORT (default: %(default)s)")
+            add_connection_options(parser)
             parser.add_argument(
                 "--namespace",
                 default=os.environ.get("LAYERCACHE_NAMESPACE", DEFAULT_NAMESPACE),
@@ -96,7 +97,7 @@ def _cmd_key(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         plugin = _plugin(args, client)
         chain = _chain(args)
         status = plugin.lookup_chain(chain)
@@ -106,7 +107,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_why(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         plugin = _plugin(args, client)
         chain = _chain(args)
         number = args.step
@@ -123,7 +124,7 @@ def _cmd_why(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         result = build(
             client,
             args.dockerfile_dir,

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from client import errors
-from client.client import Client, default_server
+from client import builder_cli, errors
+from client.connection import add_connection_options, connect
 from client.types import Descriptor
 
 EXIT_CODES: dict[type[errors.LayercacheError], int] = {
@@ -70,22 +70,6 @@ class ProgressBar:
         if done >= total:
             self.stream.write("\n")
         self.stream.flush()
-
-
-def add_connection_options(parser: argparse.ArgumentParser) -> None:
-    """The flags every command that talks to a daemon takes; see `connect`."""
-    parser.add_argument("--server", default=default_server(), help="daemon address HOST:PORT (default: %(default)s)")
-    parser.add_argument("--token", help="bearer token (default: $LAYERCACHE_TOKEN)")
-    parser.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs")
-    parser.add_argument("--tls-ca", type=Path, help="use TLS, trusting this CA certificate (PEM)")
-    parser.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for daemons that require one")
-    parser.add_argument("--tls-key", type=Path, help="key of --tls-cert (PEM)")
-
-
-def connect(args: argparse.Namespace) -> Client:
-    return Client(
-        args.server, token=args.token, tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key
-    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -268,12 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = command("verify", _cmd_verify, "re-hash stored blobs and report problems")
     verify.add_argument("--sample", type=float, default=0.0, help="fraction of blobs to check (default: all)")
 
-    try:
-        from client import builder_cli
-    except ImportError:  # the builder plugin is optional at this stage of the tree
-        builder_cli = None
-    if builder_cli is not None:
-        builder_cli.register(commands)
+    builder_cli.register(commands)
     return parser
 
 

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from client import Client, LayercacheError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +33,7 @@ def blob_for(seed: int) -> bytes:
     return b"".join(parts)
 
 
+@pytest.mark.slow
 def test_kill_9_during_concurrent_writes_loses_no_acknowledged_blob(daemon_factory):
     daemon = daemon_factory()
     acknowledged: dict[str, int] = {}

@@ -224,6 +224,7 @@ def seeded(seed: int) -> bytes:
     return random.Random(seed).randbytes(BLOB)
 
 
+@pytest.mark.slow
 def test_a_bounded_daemon_under_a_writer_and_readers_of_evicted_blobs(daemon_factory, tmp_path):
     config = tmp_path / "bounded.toml"
     config.write_text(f"[store]\nmax_bytes = {BOUND}\n")

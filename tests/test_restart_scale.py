@@ -24,6 +24,8 @@ from cached.model import CacheEntry, Descriptor
 from cached.chunker import DEFAULT_PARAMS
 from cached.packs import HEADER, Packs
 from cached.records import _encode, entry_key
+import pytest
+
 from client import Client
 from tests.conftest import REPO
 
@@ -87,6 +89,7 @@ def serving(address: str) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+@pytest.mark.slow
 def test_restart_on_a_million_blobs_and_records_serves_within_two_seconds(tmp_path):
     data_dir = tmp_path / "data"
     generate(data_dir)
