@@ -37,7 +37,7 @@ from cached.eviction import Evictor
 from cached.metrics import CallObserver, MetricsServer, StoreCollector
 from cached.oci import RegistryServer
 from cached.records import InstructionCache
-from cached.service import AdminService, BlobsService, InstructionCacheService
+from cached.service import AdminService, BlobsService, InstructionCacheService, add_blobs_service
 from cached.store import BlobStore
 from cached.tls import grpc_credentials, ssl_context
 from client.proto import layercache_pb2 as pb
@@ -99,7 +99,7 @@ def create_daemon(config: Config, store: BlobStore | None = None) -> Daemon:
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_BlobsServicer_to_server(BlobsService(store, auth), server)
+    add_blobs_service(BlobsService(store, auth), server)
     pb_grpc.add_InstructionCacheServicer_to_server(InstructionCacheService(cache, auth), server)
     pb_grpc.add_AdminServicer_to_server(AdminService(store, limit, auth), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

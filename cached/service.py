@@ -24,6 +24,7 @@ from cached.status import grpc_status
 from cached.store import BlobStore, Visible
 from client.proto import layercache_pb2 as pb
 from client.proto import layercache_pb2_grpc as pb_grpc
+from client.wire import WriteFrame, encode_read_response, parse_write_request
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_TOP_KEYS = 10
@@ -115,16 +116,17 @@ class BlobsService(pb_grpc.BlobsServicer):
         return blob_info_to_pb(self.store.stat(Digest.parse(request.digest), visible))
 
     @rpc
-    def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> Iterator[pb.ReadResponse]:
+    def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Yields ReadResponse messages already encoded (see client/wire.py)."""
         visible = readable(self.auth, context, request.namespace)
         for piece in self.store.read(Digest.parse(request.digest), request.offset, request.limit, visible):
-            yield pb.ReadResponse(data=piece)
+            yield encode_read_response(piece)
 
     @rpc
-    def Write(self, request_iterator: Iterator[pb.WriteRequest], context: grpc.ServicerContext) -> pb.WriteResponse:
+    def Write(self, request_iterator: Iterator[WriteFrame], context: grpc.ServicerContext) -> pb.WriteResponse:
         requests = iter(request_iterator)
         first = next(requests, None)
-        if first is None or not first.HasField("header"):
+        if first is None or first.header is None:
             raise InvalidArgument("the first Write message must carry a header")
         header = first.header
         principal = caller(self.auth, context)
@@ -145,7 +147,7 @@ class BlobsService(pb_grpc.BlobsServicer):
             if first.data:
                 writer.write(first.data)
             for request in requests:
-                if request.HasField("header"):
+                if request.header is not None:
                     raise InvalidArgument("only the first Write message may carry a header")
                 writer.write(request.data)
             if not context.is_active():
@@ -253,3 +255,32 @@ class AdminService(pb_grpc.AdminServicer):
             chunk_avg_size=params.avg_size,
             chunk_max_size=params.max_size,
         )
+
+
+def add_blobs_service(servicer: BlobsService, server: grpc.Server) -> None:
+    """Registers Blobs as the generated add_BlobsServicer_to_server does,
+    except that Read answers and Write requests skip protobuf objects and
+    go through client/wire.py (same wire format, fewer copies)."""
+    handlers = {
+        "FindMissing": grpc.unary_unary_rpc_method_handler(
+            servicer.FindMissing,
+            request_deserializer=pb.FindMissingRequest.FromString,
+            response_serializer=pb.FindMissingResponse.SerializeToString,
+        ),
+        "Stat": grpc.unary_unary_rpc_method_handler(
+            servicer.Stat,
+            request_deserializer=pb.StatRequest.FromString,
+            response_serializer=pb.BlobInfo.SerializeToString,
+        ),
+        "Read": grpc.unary_stream_rpc_method_handler(
+            servicer.Read, request_deserializer=pb.ReadRequest.FromString, response_serializer=None
+        ),
+        "Write": grpc.stream_unary_rpc_method_handler(
+            servicer.Write,
+            request_deserializer=parse_write_request,
+            response_serializer=pb.WriteResponse.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["Blobs"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)

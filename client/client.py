@@ -30,6 +30,7 @@ import grpc
 from client.errors import DataLossError, InvalidArgumentError, translate
 from client.proto import layercache_pb2 as pb
 from client.proto import layercache_pb2_grpc as pb_grpc
+from client.wire import encode_write_data, parse_read_response
 from client.types import (
     DEFAULT_MEDIA_TYPE,
     BlobInfo,
@@ -50,6 +51,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 FIND_MISSING_BATCH = 100_000
 Progress = Callable[[int, int], None]  # (bytes done, total bytes)
 Source = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
+_BLOBS_METHOD = f"/{pb.DESCRIPTOR.services_by_name['Blobs'].full_name}/"
 _MISS_REASONS = {
     pb.MISS_REASON_NONE: "none",
     pb.MISS_REASON_NOT_RECORDED: "not_recorded",
@@ -107,6 +109,13 @@ class Client:
         if token:
             self._channel = grpc.intercept_channel(self._channel, _BearerToken(token))
         self._blobs = pb_grpc.BlobsStub(self._channel)
+        # Read and Write move blob bytes without protobuf objects (client/wire.py).
+        self._read = self._channel.unary_stream(
+            _BLOBS_METHOD + "Read", request_serializer=pb.ReadRequest.SerializeToString, response_deserializer=parse_read_response
+        )
+        self._write = self._channel.stream_unary(
+            _BLOBS_METHOD + "Write", request_serializer=None, response_deserializer=pb.WriteResponse.FromString
+        )
         self._cache = pb_grpc.InstructionCacheStub(self._channel)
         self._admin = pb_grpc.AdminStub(self._channel)
 
@@ -165,17 +174,17 @@ class Client:
     ) -> Descriptor:
         header = pb.WriteHeader(digest=digest, size=size, media_type=media_type, namespace=namespace)
 
-        def requests() -> Iterator[pb.WriteRequest]:
-            yield pb.WriteRequest(header=header)
+        def requests() -> Iterator[bytes]:
+            yield pb.WriteRequest(header=header).SerializeToString()
             done = 0
             for block in blocks:
-                yield pb.WriteRequest(data=block)
+                yield encode_write_data(block)
                 done += len(block)
                 if progress:
                     progress(done, size)
 
         with translate():
-            response = self._blobs.Write(requests(), timeout=self.timeout)
+            response = self._write(requests(), timeout=self.timeout)
         if progress:
             progress(size, size)
         return _descriptor(response.descriptor)
@@ -223,18 +232,20 @@ class Client:
 
     def read(self, digest: str, offset: int = 0, limit: int = 0, namespace: str = "") -> Iterator[bytes]:
         """Streams a byte range of a blob (no whole-blob digest check)."""
-        with translate():
-            for response in self._blobs.Read(
-                pb.ReadRequest(digest=digest, offset=offset, limit=limit, namespace=namespace), timeout=self.timeout
-            ):
-                yield response.data
+        for data in self._frames(digest, offset, limit, namespace):
+            yield bytes(data)
 
-    def _verified(self, digest: str, total: int, progress: Progress | None, namespace: str) -> Iterator[bytes]:
+    def _frames(self, digest: str, offset: int = 0, limit: int = 0, namespace: str = "") -> Iterator[memoryview]:
+        request = pb.ReadRequest(digest=digest, offset=offset, limit=limit, namespace=namespace)
+        with translate():
+            yield from self._read(request, timeout=self.timeout)
+
+    def _verified(self, digest: str, total: int, progress: Progress | None, namespace: str) -> Iterator[memoryview]:
         algorithm, _, expected = digest.partition(":")
         hasher = _BackgroundHasher(algorithm)
         done = 0
         try:
-            for data in self.read(digest, namespace=namespace):
+            for data in self._frames(digest, namespace=namespace):
                 hasher.update(data)
                 done += len(data)
                 if progress:
@@ -357,7 +368,7 @@ class _BackgroundHasher:
             self._hasher = blake3.blake3()
         else:
             raise InvalidArgumentError(f"unsupported digest algorithm {algorithm!r}")
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._run, name="layercache-hash", daemon=True)
         self._thread.start()
 
@@ -365,7 +376,7 @@ class _BackgroundHasher:
         while (data := self._queue.get()) is not None:
             self._hasher.update(data)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self._queue.put(data)
 
     def hexdigest(self) -> str:
