@@ -17,6 +17,7 @@ workers and the store close.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -168,7 +169,16 @@ def serve(config: Config) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
-    stopping.wait()
+    # Wait with a timeout: when the kernel delivers the signal to one of
+    # grpcio's threads, a main thread blocked without one is never woken to
+    # run the Python handler, and the daemon would ignore SIGTERM.
+    while not stopping.wait(0.25):
+        pass
     print("layercache: shutting down", file=sys.stderr, flush=True)
     daemon.stop(config.server.shutdown_grace_seconds)
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The store is closed and synced. A handler thread that grpcio has not
+    # yet woken from a cancelled call must not keep the process alive past
+    # the grace period (the interpreter would wait for it at exit).
+    os._exit(0)

@@ -89,6 +89,8 @@ _BY_STATUS = {
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
+    # What a call gets from a daemon that is shutting down: retry elsewhere or later.
+    grpc.StatusCode.CANCELLED: UnavailableError,
 }
 
 

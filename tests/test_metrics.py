@@ -10,7 +10,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from client.errors import NotFoundError
-from tests.conftest import REPO
 from client.proto import layercache_pb2 as pb
 from client.proto import layercache_pb2_grpc as pb_grpc
 
@@ -94,9 +93,3 @@ def test_stats_show_per_namespace_hit_rates_and_the_most_used_keys(daemon):
     (ns,) = [n for n in stats.namespaces if n.namespace == "s/app"]
     assert (ns.lookups, ns.hits, ns.misses) == (5, 4, 1)
 
-
-def test_the_shipped_example_config_loads():
-    from cached.config import load
-
-    config = load(REPO / "deploy" / "layercache.toml")
-    assert config.store.max_bytes > 0 and config.http.listen == "0.0.0.0:5000"
