@@ -18,7 +18,7 @@ has optional tables mirroring the dataclasses:
 
     [server]
     max_message_bytes = 16777216   # gRPC send/receive limit (FindMissing of 100k digests, ~8 MB, fits)
-    workers = 64                   # gRPC handler threads
+    workers = 256                  # gRPC handler threads: one per call in flight, idle streams included
     tls_cert = "/etc/layercache/server.pem"   # PEM certificate chain; with tls_key: TLS on
     tls_key = "/etc/layercache/server.key"    # gRPC, the OCI endpoint and the metrics endpoint
     tls_client_ca = "/etc/layercache/ca.pem"  # optional: require client certificates from this CA
@@ -102,7 +102,9 @@ class StoreConfig:
 class ServerConfig:
     listen: str = DEFAULT_LISTEN
     max_message_bytes: int = DEFAULT_MAX_MESSAGE
-    workers: int = 64
+    # grpcio's sync server runs each call, streams included, on a thread of
+    # its own until it ends: a fleet's slow uploaders must not exhaust them.
+    workers: int = 256
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None

@@ -425,3 +425,24 @@ def test_a_second_daemon_cannot_take_a_busy_port(running, tmp_path):
 
     with pytest.raises(ConfigError, match="cannot listen"):
         create_daemon(config)
+
+
+def test_a_hundred_stalled_uploads_do_not_starve_other_calls(running):
+    _, _, client, channel = running
+    release = threading.Event()
+
+    def stalled():
+        yield pb.WriteRequest(header=pb.WriteHeader(digest=sha(b"never"), size=5))
+        release.wait(60)
+
+    blobs = pb_grpc.BlobsStub(channel)
+    calls = [blobs.Write.future(stalled()) for _ in range(100)]
+    try:
+        time.sleep(0.5)
+        with Client(f"127.0.0.1:{running[0].port}", timeout=10) as other:
+            assert other.stats().blobs == 0
+            assert other.find_missing([sha(b"never")]) == [sha(b"never")]
+    finally:
+        release.set()
+        for call in calls:
+            call.cancel()
