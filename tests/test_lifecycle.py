@@ -34,6 +34,16 @@ def slow_upload(pieces: int, started: threading.Event, pause: float):
     return digest, requests()
 
 
+def wait_until_receiving(daemon) -> None:
+    """Until the daemon's handler has taken upload bytes: a call that the
+    server has not started yet when it stops is refused, not drained."""
+    deadline = time.monotonic() + 30
+    with daemon.client(timeout=5) as probe:
+        while probe.stats().bytes_in == 0:
+            assert time.monotonic() < deadline, "the upload never reached the daemon"
+            time.sleep(0.02)
+
+
 def with_grace(daemon_factory, tmp_path, seconds: float):
     config = tmp_path / "grace.toml"
     config.write_text(f'[server]\nshutdown_grace_seconds = {seconds}\n')
@@ -56,6 +66,7 @@ def test_sigterm_lets_an_upload_in_flight_finish_and_refuses_new_calls(daemon_fa
     uploader = threading.Thread(target=upload)
     uploader.start()
     assert started.wait(30)
+    wait_until_receiving(daemon)
     daemon.process.send_signal(signal.SIGTERM)
     refused_by = time.monotonic() + 10  # once the daemon has handled the signal
     with daemon.client(timeout=5) as late:
