@@ -13,6 +13,7 @@ do not collide.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -77,37 +78,33 @@ class CallObserver(grpc.ServerInterceptor):
 
     def _unary(self, method: str, request_id: str, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
         def observed(request: Any, context: grpc.ServicerContext) -> Any:
-            token = REQUEST_ID.set(request_id)
-            started = time.perf_counter()
-            context.send_initial_metadata((("x-request-id", request_id),))
-            crashed = False
-            try:
+            with self._observing(method, request_id, context):
                 return behavior(request, context)
-            except Exception:
-                crashed = True  # grpc answers UNKNOWN after we return
-                raise
-            finally:
-                self._done(method, context, started, crashed)
-                REQUEST_ID.reset(token)
 
         return observed
 
     def _streaming(self, method: str, request_id: str, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Callable[..., Iterator[Any]]:
         def observed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            token = REQUEST_ID.set(request_id)
-            started = time.perf_counter()
-            context.send_initial_metadata((("x-request-id", request_id),))
-            crashed = False
-            try:
+            with self._observing(method, request_id, context):
                 yield from behavior(request, context)
-            except Exception:
-                crashed = True  # grpc answers UNKNOWN after we return
-                raise
-            finally:
-                self._done(method, context, started, crashed)
-                REQUEST_ID.reset(token)
 
         return observed
+
+    @contextlib.contextmanager
+    def _observing(self, method: str, request_id: str, context: grpc.ServicerContext) -> Iterator[None]:
+        """Request id in logs and reply headers, then the call's metrics."""
+        token = REQUEST_ID.set(request_id)
+        started = time.perf_counter()
+        context.send_initial_metadata((("x-request-id", request_id),))
+        crashed = False
+        try:
+            yield
+        except Exception:
+            crashed = True  # grpc answers UNKNOWN after we return
+            raise
+        finally:
+            self._done(method, context, started, crashed)
+            REQUEST_ID.reset(token)
 
     def _done(self, method: str, context: grpc.ServicerContext, started: float, crashed: bool) -> None:
         elapsed = time.perf_counter() - started
